@@ -1,0 +1,70 @@
+/*
+ * bridge.c - the C half of the Python binding, compiled into the cffi
+ * module (the set_source preamble includes this file, after Python.h).
+ *
+ * A Python provider sits in the C list as ectls_bridge_provider with a
+ * cffi handle as its closure.  The bridge guards the one crossing that
+ * could otherwise leak a wrong answer: cffi makes an extern "Python"
+ * function return 0 (EC_USE_TLS_NO) when no Python code is attached or
+ * the interpreter cannot run it.  So the Python half returns the decision
+ * plus one, and everything outside 1..3 fails closed here.
+ */
+#include <stdio.h>
+
+#include "ectls.h"
+
+/* Implemented in Python; declared as extern "Python+C" in bridge.cdef. */
+int ectls_py_provider(void *closure, void *owner, email_message *message);
+void ectls_py_destroy(void *closure);
+void ectls_py_log(int level, const char *message);
+
+/* Returns 1 while Python code can run, 0 before start-up or once
+ * finalization has begun. */
+static int python_can_run(void) {
+  if (!Py_IsInitialized())
+    return 0;
+#if PY_VERSION_HEX >= 0x030D0000
+  return !Py_IsFinalizing();
+#else
+  return !_Py_IsFinalizing();
+#endif
+}
+
+static int ectls_bridge_provider(void *closure, email_message *message) {
+  int biased;
+
+  if (!python_can_run()) {
+    fputs("ectls: error: a Python provider was called while the Python "
+          "interpreter is not running; the call yields "
+          "EC_USE_TLS_REQUIRED\n", stderr);
+    return EC_USE_TLS_REQUIRED;
+  }
+  biased = ectls_py_provider(
+      closure, message != NULL ? ectls_message_get_userdata(message) : NULL,
+      message);
+  if (biased < 1 || biased > 3) {
+    /* 0 is cffi's answer when the Python half could not run at all; the
+     * Python half logs every fault it sees itself. */
+    fputs("ectls: error: a Python provider could not run (no Python code "
+          "attached to the bridge); the call yields EC_USE_TLS_REQUIRED\n",
+          stderr);
+    return EC_USE_TLS_REQUIRED;
+  }
+  return biased - 1;
+}
+
+/* A registration's closure is released only while Python runs; during
+ * finalization the interpreter frees everything itself. */
+static void ectls_bridge_destroy(void *closure) {
+  if (python_can_run())
+    ectls_py_destroy(closure);
+}
+
+static void ectls_bridge_log(void *closure, int level, const char *message) {
+  (void)closure;
+  if (python_can_run())
+    ectls_py_log(level, message);
+  else
+    fprintf(stderr, "ectls: %s: %s\n",
+            level >= ECTLS_LOG_ERROR ? "error" : "warning", message);
+}

@@ -1,0 +1,623 @@
+/*
+ * dispatch.c - the one provider list of the process, and its calls.
+ *
+ * The list is an immutable array (a "version") behind one atomic pointer.
+ * A call loads the pointer once and walks that version, so providers
+ * registered or removed during a call take part from the next call on.
+ * Writers (register, unregister, clear) serialise on one mutex, build a
+ * new version, publish it with a single store and retire the old one.
+ *
+ * Reclamation.  A retired version may still be walked by calls that
+ * loaded it before the swap, so it is freed only when every such call has
+ * returned.  The scheme is epoch based:
+ *
+ *   1. Every thread that calls owns a reader record (cache-line sized, in
+ *      a registry, recycled after the thread exits, never freed).  On
+ *      entering its outermost call it stores the global epoch in the
+ *      record; on leaving it stores 0.  Nested calls keep the outer epoch.
+ *   2. A writer publishes the new version, then increments the epoch, and
+ *      tags the retired version with the new epoch value E.  A call that
+ *      read an epoch >= E started after the swap, so it cannot hold the
+ *      old version.
+ *   3. To reclaim, a writer issues membarrier(PRIVATE_EXPEDITED), which
+ *      runs a full memory barrier on every running thread of the process,
+ *      then reads all reader records.  A version tagged E is freed when
+ *      every record reads 0 or >= E.
+ *
+ * Step 3's barrier is what lets a call order its epoch store before its
+ * list load with a compiler barrier alone: either the writer sees the
+ * store, or the call's load comes after the barrier and sees the new
+ * version.  Where membarrier is unavailable, calls use a real fence.
+ * Writers never wait for calls, so a provider may register, unregister
+ * or call the list itself.  Reclamation runs every RECLAIM_BATCH retired
+ * versions and on ectls_reclaim_core_use_outbound_tls_hook().
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <errno.h>
+#include <linux/membarrier.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define CACHE_LINE 64
+#define RECLAIM_BATCH 16
+
+/* One registration; lives until its last version is reclaimed. */
+struct registration {
+  ec_hook_core_use_outbound_tls_func_t *hook;
+  void *closure;
+  ectls_destroy_func_t *destroy;
+  const struct ectls_plugin *plugin;
+  const char *symbol;
+};
+
+/* What a call needs of a registration, inline for one cache miss less. */
+struct slot {
+  ec_hook_core_use_outbound_tls_func_t *hook;
+  void *closure;
+  struct registration *registration;
+};
+
+struct version {
+  int count;
+  struct slot slots[];
+};
+
+/* A version that calls may still walk, and what left with it. */
+struct retired {
+  struct retired *next;
+  struct version *version;
+  uint64_t epoch;
+  int removed_count;
+  struct registration **removed;
+};
+
+struct reader {
+  _Atomic uint64_t epoch; /* 0 outside calls */
+  struct reader *next;
+  int in_use;
+} __attribute__((aligned(CACHE_LINE)));
+
+static const struct version empty_version = {0};
+
+static _Atomic(const struct version *) current = &empty_version;
+static _Atomic uint64_t global_epoch = 1;
+
+/* Guards writers, the retired queue and the reader registry. */
+static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct retired *retired_head, *retired_tail;
+static int retired_count;
+static struct reader *readers;
+
+/* Set when calls must fence themselves because membarrier is missing. */
+static _Atomic int reader_fence = 1;
+
+/* Set when membarrier failed after it had been registered. */
+static int reclaim_disabled;
+
+static pthread_key_t reader_key;
+static __thread struct reader *this_reader
+    __attribute__((tls_model("initial-exec")));
+
+/* ---- Calls ---------------------------------------------------------- */
+
+static void register_membarrier(void) {
+  long rc = syscall(__NR_membarrier,
+                    MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0);
+  atomic_store_explicit(&reader_fence, rc != 0, memory_order_relaxed);
+}
+
+/* Runs when a thread that called exits: recycle its reader record. */
+static void release_reader(void *arg) {
+  struct reader *reader = arg;
+
+  pthread_mutex_lock(&list_lock);
+  atomic_store_explicit(&reader->epoch, 0, memory_order_relaxed);
+  reader->in_use = 0;
+  pthread_mutex_unlock(&list_lock);
+  this_reader = NULL;
+}
+
+/*
+ * First call on this thread: take a free reader record or add one.  This
+ * is the only lock on the call path, once per thread.  Returns NULL when
+ * memory runs out.
+ */
+static __attribute__((noinline)) struct reader *attach_reader(void) {
+  struct reader *reader;
+
+  pthread_mutex_lock(&list_lock);
+  for (reader = readers; reader != NULL; reader = reader->next)
+    if (!reader->in_use)
+      break;
+  if (reader == NULL) {
+    void *memory = NULL;
+    if (posix_memalign(&memory, CACHE_LINE, sizeof *reader) == 0) {
+      reader = memory;
+      memset(reader, 0, sizeof *reader);
+      reader->next = readers;
+      readers = reader;
+    }
+  }
+  if (reader != NULL)
+    reader->in_use = 1;
+  pthread_mutex_unlock(&list_lock);
+
+  if (reader != NULL) {
+    this_reader = reader;
+    pthread_setspecific(reader_key, reader);
+  }
+  return reader;
+}
+
+/*
+ * Static storage that stands in for a reader record when none could be
+ * allocated.  Its epoch pins every version, so nothing is freed early;
+ * the process is out of memory anyway.
+ */
+static struct reader fallback_reader = {.in_use = 1};
+
+static inline struct reader *enter_call(uint64_t *saved) {
+  struct reader *reader = this_reader;
+
+  if (__builtin_expect(reader == NULL, 0)) {
+    reader = attach_reader();
+    if (reader == NULL) {
+      reader = &fallback_reader;
+      pthread_mutex_lock(&list_lock);
+      if (fallback_reader.next == NULL && readers != &fallback_reader) {
+        fallback_reader.next = readers;
+        readers = &fallback_reader;
+      }
+      pthread_mutex_unlock(&list_lock);
+      atomic_store(&reader->epoch, 1);
+      *saved = 1;
+      return reader;
+    }
+  }
+  *saved = atomic_load_explicit(&reader->epoch, memory_order_relaxed);
+  if (*saved == 0) {
+    uint64_t epoch = atomic_load_explicit(&global_epoch, memory_order_acquire);
+    atomic_store_explicit(&reader->epoch, epoch, memory_order_relaxed);
+    if (atomic_load_explicit(&reader_fence, memory_order_relaxed))
+      atomic_thread_fence(memory_order_seq_cst);
+    else
+      atomic_signal_fence(memory_order_seq_cst);
+  }
+  return reader;
+}
+
+static inline void leave_call(struct reader *reader, uint64_t saved) {
+  atomic_store_explicit(&reader->epoch, saved, memory_order_release);
+}
+
+static const char *describe(const struct slot *slot, char *buf, size_t len) {
+  const struct registration *registration = slot->registration;
+  const char *symbol = NULL, *object = NULL;
+
+  if (registration->symbol != NULL)
+    symbol = registration->symbol;
+  if (registration->plugin != NULL)
+    object = registration->plugin->path;
+  if (symbol == NULL) {
+    const char *found_object = NULL;
+    ectls_describe_hook(slot->hook, &symbol, &found_object);
+    if (object == NULL)
+      object = found_object;
+  }
+  if (symbol != NULL)
+    snprintf(buf, len, "%s (%s)", symbol, object ? object : "?");
+  else
+    snprintf(buf, len, "%p (%s)", ectls_function_address(slot->hook),
+             object ? object : "?");
+  return buf;
+}
+
+static __attribute__((noinline, cold)) int
+out_of_range(const struct slot *slot, int value) {
+  char name[512];
+
+  ectls_log(ECTLS_LOG_ERROR,
+            "provider %s returned %d, which is not a decision (0, 1 or 2); "
+            "the call yields EC_USE_TLS_REQUIRED",
+            describe(slot, name, sizeof name), value);
+  return EC_USE_TLS_REQUIRED;
+}
+
+/*
+ * The call rule, shared by calls and explained calls: walk the version
+ * in order and stop at the first non-zero value, which becomes
+ * EC_USE_TLS_REQUIRED when it is out of range.  With trace NULL the
+ * compiler drops the recording.
+ */
+static inline int run_providers(const struct version *version,
+                                email_message *message, ectls_trace *trace) {
+  for (int i = 0; i < version->count; i++) {
+    const struct slot *slot = &version->slots[i];
+    int value = slot->hook(slot->closure, message);
+    int decision = value;
+
+    if ((unsigned)value > EC_USE_TLS_REQUIRED)
+      decision = out_of_range(slot, value);
+    if (trace != NULL) {
+      ectls_trace_step *step = &trace->steps[trace->count++];
+      step->hook = slot->hook;
+      step->closure = slot->closure;
+      step->symbol = slot->registration->symbol;
+      step->plugin = slot->registration->plugin
+                         ? slot->registration->plugin->path
+                         : NULL;
+      step->returned = value;
+      step->decision = decision;
+    }
+    if (decision != EC_USE_TLS_NO)
+      return decision;
+  }
+  return EC_USE_TLS_NO;
+}
+
+ECTLS_EXPORT int call_core_use_outbound_tls_hook(email_message *message) {
+  uint64_t saved;
+  struct reader *reader = enter_call(&saved);
+  const struct version *version =
+      atomic_load_explicit(&current, memory_order_acquire);
+  int decision = run_providers(version, message, NULL);
+
+  leave_call(reader, saved);
+  return decision;
+}
+
+ECTLS_EXPORT ectls_trace *
+ectls_explain_core_use_outbound_tls_hook(email_message *message) {
+  uint64_t saved;
+  struct reader *reader = enter_call(&saved);
+  const struct version *version =
+      atomic_load_explicit(&current, memory_order_acquire);
+  ectls_trace *trace = calloc(1, sizeof *trace);
+
+  if (trace != NULL && version->count > 0) {
+    trace->steps = calloc((size_t)version->count, sizeof *trace->steps);
+    if (trace->steps == NULL) {
+      free(trace);
+      trace = NULL;
+    }
+  }
+  if (trace != NULL)
+    trace->decision = run_providers(version, message, trace);
+  leave_call(reader, saved);
+  return trace;
+}
+
+ECTLS_EXPORT void ectls_trace_free(ectls_trace *trace) {
+  if (trace != NULL) {
+    free(trace->steps);
+    free(trace);
+  }
+}
+
+ECTLS_EXPORT int ectls_count_core_use_outbound_tls_hook(void) {
+  uint64_t saved;
+  struct reader *reader = enter_call(&saved);
+  int count = atomic_load_explicit(&current, memory_order_acquire)->count;
+
+  leave_call(reader, saved);
+  return count;
+}
+
+ECTLS_EXPORT int has_core_use_outbound_tls_hook(void) {
+  return ectls_count_core_use_outbound_tls_hook() != 0;
+}
+
+/* ---- Writers --------------------------------------------------------- */
+
+/*
+ * Free what reclaim_locked() detached: versions, then the destroy
+ * callbacks of the registrations that left, outside the lock because a
+ * callback may register or call.
+ */
+static void finish_retired(struct retired *list) {
+  while (list != NULL) {
+    struct retired *next = list->next;
+
+    if (list->version != &empty_version)
+      free(list->version);
+    for (int i = 0; i < list->removed_count; i++) {
+      struct registration *registration = list->removed[i];
+      if (registration->destroy != NULL)
+        registration->destroy(registration->closure);
+      free(registration);
+    }
+    free(list->removed);
+    free(list);
+    list = next;
+  }
+}
+
+/*
+ * Detach the retired versions that no call can reach.  Called with
+ * list_lock held; returns them for finish_retired().
+ */
+static struct retired *reclaim_locked(void) {
+  uint64_t oldest = UINT64_MAX;
+  struct retired *ready = NULL, **ready_tail = &ready;
+
+  if (retired_head == NULL || reclaim_disabled)
+    return NULL;
+  if (atomic_load_explicit(&reader_fence, memory_order_relaxed))
+    atomic_thread_fence(memory_order_seq_cst);
+  else if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0)) {
+    /* Calls rely on this barrier, so without it no version can be shown
+     * unreachable: keep them all rather than free one too early. */
+    reclaim_disabled = 1;
+    ectls_log(ECTLS_LOG_ERROR, "membarrier failed (%s); retired provider "
+              "lists will no longer be freed", strerror(errno));
+    return NULL;
+  }
+  for (struct reader *reader = readers; reader != NULL; reader = reader->next) {
+    uint64_t epoch =
+        atomic_load_explicit(&reader->epoch, memory_order_acquire);
+    if (epoch != 0 && epoch < oldest)
+      oldest = epoch;
+  }
+  while (retired_head != NULL && retired_head->epoch <= oldest) {
+    struct retired *done = retired_head;
+    retired_head = done->next;
+    retired_count--;
+    done->next = NULL;
+    *ready_tail = done;
+    ready_tail = &done->next;
+  }
+  if (retired_head == NULL)
+    retired_tail = NULL;
+  return ready;
+}
+
+/*
+ * Publish next in place of the current version and queue the old one,
+ * with the registrations that left, for reclamation.  Called with
+ * list_lock held; record is preallocated so publishing cannot fail.
+ * Returns versions ready to free, for finish_retired().
+ */
+static struct retired *publish_locked(struct version *next,
+                                      struct retired *record) {
+  const struct version *old =
+      atomic_load_explicit(&current, memory_order_relaxed);
+
+  atomic_store_explicit(&current, next, memory_order_release);
+  record->version = (struct version *)old;
+  record->epoch = atomic_fetch_add(&global_epoch, 1) + 1;
+  record->next = NULL;
+  if (retired_tail != NULL)
+    retired_tail->next = record;
+  else
+    retired_head = record;
+  retired_tail = record;
+  retired_count++;
+  if (retired_count >= RECLAIM_BATCH)
+    return reclaim_locked();
+  return NULL;
+}
+
+static struct version *new_version(int count) {
+  struct version *version;
+
+  if (count == 0)
+    return (struct version *)&empty_version;
+  version = malloc(sizeof *version + (size_t)count * sizeof(struct slot));
+  if (version != NULL)
+    version->count = count;
+  return version;
+}
+
+ECTLS_HIDDEN int ectls_register_from(
+    ec_hook_core_use_outbound_tls_func_t *hook, void *closure, int first,
+    ectls_destroy_func_t *destroy, const struct ectls_plugin *plugin,
+    const char *symbol) {
+  struct registration *registration;
+  struct retired *record, *ready;
+  struct version *next;
+  const struct version *old;
+
+  if (hook == NULL)
+    return EINVAL;
+  registration = malloc(sizeof *registration);
+  record = calloc(1, sizeof *record);
+  if (registration == NULL || record == NULL) {
+    free(registration);
+    free(record);
+    return ENOMEM;
+  }
+  registration->hook = hook;
+  registration->closure = closure;
+  registration->destroy = destroy;
+  registration->plugin = plugin;
+  registration->symbol = symbol;
+
+  pthread_mutex_lock(&list_lock);
+  old = atomic_load_explicit(&current, memory_order_relaxed);
+  next = new_version(old->count + 1);
+  if (next == NULL) {
+    pthread_mutex_unlock(&list_lock);
+    free(registration);
+    free(record);
+    return ENOMEM;
+  }
+  /* First prepends, last appends; no sorting. */
+  memcpy(next->slots + (first ? 1 : 0), old->slots,
+         (size_t)old->count * sizeof(struct slot));
+  struct slot *slot = &next->slots[first ? 0 : old->count];
+  slot->hook = hook;
+  slot->closure = closure;
+  slot->registration = registration;
+  ready = publish_locked(next, record);
+  pthread_mutex_unlock(&list_lock);
+
+  finish_retired(ready);
+  return 0;
+}
+
+ECTLS_EXPORT int ectls_register_core_use_outbound_tls_hook(
+    ec_hook_core_use_outbound_tls_func_t *hook, void *closure, int first,
+    ectls_destroy_func_t *destroy) {
+  return ectls_register_from(hook, closure, first, destroy,
+                             ectls_plugin_loading(), NULL);
+}
+
+static void register_or_log(ec_hook_core_use_outbound_tls_func_t *hook,
+                            void *closure, int first) {
+  int rc = ectls_register_core_use_outbound_tls_hook(hook, closure, first,
+                                                     NULL);
+
+  if (rc == EINVAL)
+    ectls_log(ECTLS_LOG_ERROR, "register_core_use_outbound_tls_hook_%s: "
+              "hook is NULL; nothing was registered", first ? "first" : "last");
+  else if (rc != 0)
+    ectls_log(ECTLS_LOG_ERROR, "register_core_use_outbound_tls_hook_%s: "
+              "out of memory; the provider was not registered",
+              first ? "first" : "last");
+}
+
+ECTLS_EXPORT void register_core_use_outbound_tls_hook_first(
+    ec_hook_core_use_outbound_tls_func_t *hook, void *closure) {
+  register_or_log(hook, closure, 1);
+}
+
+ECTLS_EXPORT void register_core_use_outbound_tls_hook_last(
+    ec_hook_core_use_outbound_tls_func_t *hook, void *closure) {
+  register_or_log(hook, closure, 0);
+}
+
+/*
+ * Remove the registrations for which match() is true, or only the first
+ * one when just_one.  Returns how many were removed, or -ENOMEM.
+ */
+static int remove_matching(int (*match)(const struct registration *,
+                                        const void *),
+                           const void *key, int just_one) {
+  struct retired *record, *ready;
+  struct registration **removed;
+  struct version *next;
+  const struct version *old;
+  int count = 0, kept = 0;
+
+  pthread_mutex_lock(&list_lock);
+  old = atomic_load_explicit(&current, memory_order_relaxed);
+  for (int i = 0; i < old->count; i++)
+    if (match(old->slots[i].registration, key) && (!just_one || count == 0))
+      count++;
+  if (count == 0) {
+    pthread_mutex_unlock(&list_lock);
+    return 0;
+  }
+  next = new_version(old->count - count);
+  record = calloc(1, sizeof *record);
+  removed = malloc((size_t)count * sizeof *removed);
+  if (next == NULL || record == NULL || removed == NULL) {
+    pthread_mutex_unlock(&list_lock);
+    if (next != &empty_version)
+      free(next);
+    free(record);
+    free(removed);
+    return -ENOMEM;
+  }
+  count = 0;
+  for (int i = 0; i < old->count; i++) {
+    const struct slot *slot = &old->slots[i];
+    if (match(slot->registration, key) && (!just_one || count == 0))
+      removed[count++] = slot->registration;
+    else
+      next->slots[kept++] = *slot;
+  }
+  record->removed = removed;
+  record->removed_count = count;
+  ready = publish_locked(next, record);
+  pthread_mutex_unlock(&list_lock);
+
+  finish_retired(ready);
+  return count;
+}
+
+struct hook_key {
+  ec_hook_core_use_outbound_tls_func_t *hook;
+  void *closure;
+};
+
+static int match_hook(const struct registration *registration,
+                      const void *key) {
+  const struct hook_key *wanted = key;
+  return registration->hook == wanted->hook &&
+         registration->closure == wanted->closure;
+}
+
+static int match_any(const struct registration *registration,
+                     const void *key) {
+  (void)registration;
+  (void)key;
+  return 1;
+}
+
+static int match_plugin(const struct registration *registration,
+                        const void *key) {
+  return registration->plugin == key;
+}
+
+ECTLS_EXPORT int ectls_unregister_core_use_outbound_tls_hook(
+    ec_hook_core_use_outbound_tls_func_t *hook, void *closure) {
+  struct hook_key key = {hook, closure};
+  return remove_matching(match_hook, &key, 1);
+}
+
+ECTLS_EXPORT int ectls_clear_core_use_outbound_tls_hook(void) {
+  return remove_matching(match_any, NULL, 0);
+}
+
+ECTLS_HIDDEN int ectls_unregister_plugin(const struct ectls_plugin *plugin) {
+  return remove_matching(match_plugin, plugin, 0);
+}
+
+ECTLS_EXPORT int ectls_reclaim_core_use_outbound_tls_hook(void) {
+  struct retired *ready;
+  int waiting;
+
+  pthread_mutex_lock(&list_lock);
+  ready = reclaim_locked();
+  waiting = retired_count;
+  pthread_mutex_unlock(&list_lock);
+
+  finish_retired(ready);
+  return waiting;
+}
+
+/* ---- Process lifetime ------------------------------------------------ */
+
+static void before_fork(void) { pthread_mutex_lock(&list_lock); }
+
+static void after_fork_parent(void) { pthread_mutex_unlock(&list_lock); }
+
+/*
+ * In the child only the forking thread exists: free the other threads'
+ * reader records, whose calls will never finish, and register for
+ * membarrier again because the child is a new process.
+ */
+static void after_fork_child(void) {
+  for (struct reader *reader = readers; reader != NULL; reader = reader->next)
+    if (reader != this_reader && reader != &fallback_reader) {
+      atomic_store_explicit(&reader->epoch, 0, memory_order_relaxed);
+      reader->in_use = 0;
+    }
+  register_membarrier();
+  pthread_mutex_unlock(&list_lock);
+}
+
+__attribute__((constructor)) static void initialise(void) {
+  pthread_key_create(&reader_key, release_reader);
+  pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+  register_membarrier();
+}

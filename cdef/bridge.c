@@ -18,16 +18,20 @@ int ectls_py_provider(void *closure, void *owner, email_message *message);
 void ectls_py_destroy(void *closure);
 void ectls_py_log(int level, const char *message);
 
-/* Returns 1 while Python code can run, 0 before start-up or once
- * finalization has begun. */
+/* Set by an atexit handler of ectls: from then on the interpreter is
+ * shutting down and no Python provider is entered. */
+static int python_exiting;
+
+static void ectls_bridge_set_exiting(void) {
+  __atomic_store_n(&python_exiting, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Returns 1 while Python code can run: the interpreter is initialised and
+ * ectls' atexit handler has not run.  (The limited C API that the module
+ * is built against has no test for finalization itself.) */
 static int python_can_run(void) {
-  if (!Py_IsInitialized())
-    return 0;
-#if PY_VERSION_HEX >= 0x030D0000
-  return !Py_IsFinalizing();
-#else
-  return !_Py_IsFinalizing();
-#endif
+  return Py_IsInitialized() && !__atomic_load_n(&python_exiting,
+                                                __ATOMIC_SEQ_CST);
 }
 
 static int ectls_bridge_provider(void *closure, email_message *message) {
@@ -35,7 +39,7 @@ static int ectls_bridge_provider(void *closure, email_message *message) {
 
   if (!python_can_run()) {
     fputs("ectls: error: a Python provider was called while the Python "
-          "interpreter is not running; the call yields "
+          "interpreter is not running or is exiting; the call yields "
           "EC_USE_TLS_REQUIRED\n", stderr);
     return EC_USE_TLS_REQUIRED;
   }

@@ -1,0 +1,37 @@
+"""The compiled cffi module, and the log handler that feeds logging.
+
+libectls reports the faults it detects in C (a provider's out-of-range
+value, for one) through one log handler.  While this module is imported
+that handler forwards each record to the "ectls" logger.  When the
+interpreter exits (ectls' atexit handler, which runs after handlers
+registered later), the handler goes back to libectls' default, stderr,
+and Python providers fail closed, so C threads that call the list later
+never wait for Python.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+
+from ectls._ectls_cffi import ffi, lib
+
+__all__ = ["ffi", "lib", "logger"]
+
+logger = logging.getLogger("ectls")
+
+
+@ffi.def_extern(name="ectls_py_log")
+def _forward_log_record(level: int, message: object) -> None:
+    logger.log(level, "%s", ffi.string(message).decode("utf-8", "replace"))
+
+
+def _stop_entering_python() -> None:
+    """From interpreter exit on, Python providers fail closed and C log
+    records go to stderr, so late C callers never wait for Python."""
+    lib.ectls_bridge_set_exiting()
+    lib.ectls_set_log_handler(ffi.NULL, ffi.NULL)
+
+
+lib.ectls_set_log_handler(ffi.addressof(lib, "ectls_bridge_log"), ffi.NULL)
+atexit.register(_stop_entering_python)

@@ -1,0 +1,383 @@
+"""The provider list from Python: register, call, explain.
+
+The list itself lives in libectls, shared with C plugins and C code in
+the same process.  A Python provider enters it as the C function
+``ectls_bridge_provider`` (cdef/bridge.c) with a cffi handle to its
+Registration as the closure.  A call then goes:
+
+1. ``call()`` calls ``call_core_use_outbound_tls_hook`` in C (cffi
+   releases the GIL for the call).
+2. C walks the list; on reaching a Python provider it calls the bridge,
+   which checks that the interpreter can run, and calls
+   ``_run_provider`` below (cffi takes the GIL).
+3. ``_run_provider`` finds the Registration and the caller's Message
+   from their handles, runs the function and checks its result.  It
+   returns the decision plus one, so that the 0 cffi returns when Python
+   cannot run is told apart from EC_USE_TLS_NO.
+4. Any fault (an exception, a result that is not a decision) is logged
+   to the "ectls" logger and becomes REQUIRED: the fail-closed rule.
+   No Python exception reaches C.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Tuple, TypeVar, Union, overload
+
+from ectls._binding import ffi, lib, logger
+from ectls.message import Message
+
+__all__ = [
+    "UseTLS",
+    "Provider",
+    "ProviderFunc",
+    "Registration",
+    "Step",
+    "Explanation",
+    "register_first",
+    "register_last",
+    "hook",
+    "has_hook",
+    "call",
+    "explain",
+    "clear",
+]
+
+
+class UseTLS(enum.IntEnum):
+    """What a provider decides, and what a call yields."""
+
+    NO = lib.EC_USE_TLS_NO
+    """TLS must not be used; from a provider also "no opinion"."""
+    IFAVAILABLE = lib.EC_USE_TLS_IFAVAILABLE
+    """Upgrade with STARTTLS when the server offers it."""
+    REQUIRED = lib.EC_USE_TLS_REQUIRED
+    """TLS, or the message is not sent."""
+
+
+ProviderFunc = Callable[[Optional[Message]], Union[UseTLS, int]]
+_F = TypeVar("_F", bound=ProviderFunc)
+
+# Indexed by the C result, which is always 0, 1 or 2.
+_DECISIONS: Tuple[UseTLS, ...] = (UseTLS.NO, UseTLS.IFAVAILABLE, UseTLS.REQUIRED)
+# What _run_provider returns for each valid result (decision plus one).
+# Keys are looked up only after the result's type is checked, because
+# True == 1 and 1.0 == 1 would otherwise match.
+_RETURN_CODES = {decision: int(decision) + 1 for decision in UseTLS}
+_RESULT_TYPES = (UseTLS, int)
+_FAIL_CLOSED = int(UseTLS.REQUIRED) + 1
+
+_BRIDGE = ffi.addressof(lib, "ectls_bridge_provider")
+_DESTROY = ffi.addressof(lib, "ectls_bridge_destroy")
+_NULL = ffi.NULL
+_call = lib.call_core_use_outbound_tls_hook
+
+# Registrations that C may still call.  A registration leaves this set
+# only when libectls runs its destroy callback, that is once no call can
+# reach it any more; so a lambda registered and then forgotten by the
+# caller keeps working.
+_live: set[Registration] = set()
+_live_lock = threading.Lock()
+
+# Registrations by handle address, for explain(): a trace may name a
+# registration that another thread removed and released meanwhile, and a
+# weak lookup cannot touch a freed handle the way ffi.from_handle would.
+_by_address: weakref.WeakValueDictionary[int, Registration] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _address(pointer: Any) -> int:
+    return int(ffi.cast("uintptr_t", pointer))
+
+
+def _name_of(func: Callable[..., Any]) -> str:
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if module and qualname:
+        return f"{module}.{qualname}"
+    return repr(func)
+
+
+class Registration:
+    """A Python provider's place in the list.
+
+    It stays registered until ``unregister()``, even when the caller keeps
+    no reference to it.  As a context manager it unregisters on exit.
+    """
+
+    __slots__ = ("func", "name", "first", "_handle", "_registered", "__weakref__")
+
+    def __init__(self, func: ProviderFunc, first: bool) -> None:
+        self.func = func
+        self.name = _name_of(func)
+        self.first = first
+        self._handle: Any = ffi.new_handle(self)
+        self._registered = False
+        _by_address[_address(self._handle)] = self
+
+    def _register(self) -> None:
+        with _live_lock:
+            _live.add(self)
+        error = lib.ectls_register_core_use_outbound_tls_hook(
+            _BRIDGE, self._handle, int(self.first), _DESTROY
+        )
+        if error:
+            with _live_lock:
+                _live.discard(self)
+            raise MemoryError(f"cannot register {self.name}: out of memory")
+        self._registered = True
+
+    def unregister(self) -> None:
+        """Remove this provider from the list; later calls skip it.
+
+        Calls already running on other threads may still run it once.
+        Unregistering twice does nothing.
+        """
+        if not self._registered:
+            return
+        self._registered = False
+        if lib.ectls_unregister_core_use_outbound_tls_hook(_BRIDGE, self._handle) < 0:
+            self._registered = True
+            raise MemoryError(f"cannot unregister {self.name}: out of memory")
+
+    def __enter__(self) -> Registration:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.unregister()
+
+    def __repr__(self) -> str:
+        where = "first" if self.first else "last"
+        state = "registered" if self._registered else "unregistered"
+        return f"<Registration {self.name} ({where}, {state})>"
+
+
+@ffi.def_extern(name="ectls_py_destroy")
+def _destroy(closure: Any) -> None:
+    registration = ffi.from_handle(closure)
+    with _live_lock:
+        _live.discard(registration)
+
+
+def _provider_fault(exc_type: type, exc_value: BaseException, traceback: Any) -> None:
+    """Log what escaped _run_provider (only BaseException subclasses that
+    are not Exception can); cffi then returns _FAIL_CLOSED."""
+    logger.error(
+        "Python provider interrupted by %s; the call yields REQUIRED",
+        exc_type.__name__,
+        exc_info=(exc_type, exc_value, traceback),
+    )
+
+
+@ffi.def_extern(name="ectls_py_provider", error=_FAIL_CLOSED, onerror=_provider_fault)
+def _run_provider(closure: Any, owner: Any, c_message: Any) -> int:
+    registration: Registration = ffi.from_handle(closure)
+    borrowed = None
+    if owner != _NULL:
+        message = ffi.from_handle(owner)
+    elif c_message != _NULL:
+        message = borrowed = Message._borrow(c_message)
+    else:
+        message = None
+
+    try:
+        result = registration.func(message)
+    except Exception:
+        logger.exception(
+            "Python provider %s raised; the call yields REQUIRED", registration.name
+        )
+        return _FAIL_CLOSED
+    finally:
+        if borrowed is not None:
+            borrowed._release()
+
+    if result.__class__ in _RESULT_TYPES:
+        code = _RETURN_CODES.get(result)
+        if code is not None:
+            return code
+    logger.error(
+        "Python provider %s returned %r, which is not a decision "
+        "(UseTLS or 0, 1, 2); the call yields REQUIRED",
+        registration.name,
+        result,
+    )
+    return _FAIL_CLOSED
+
+
+def register_first(func: ProviderFunc) -> Registration:
+    """Add func at the head of the list; it runs before every provider
+    registered so far."""
+    registration = Registration(func, first=True)
+    registration._register()
+    return registration
+
+
+def register_last(func: ProviderFunc) -> Registration:
+    """Add func at the tail of the list; it runs after every provider
+    registered so far."""
+    registration = Registration(func, first=False)
+    registration._register()
+    return registration
+
+
+@overload
+def hook(func: _F) -> _F: ...
+@overload
+def hook(*, first: bool = False) -> Callable[[_F], _F]: ...
+def hook(func: Optional[_F] = None, *, first: bool = False) -> Any:
+    """Register the decorated function, last unless ``first=True``.
+
+    The function is returned unchanged; its Registration is stored on it
+    as ``ectls_registration``.
+    """
+
+    def decorate(target: _F) -> _F:
+        registration = register_first(target) if first else register_last(target)
+        target.ectls_registration = registration  # type: ignore[attr-defined]
+        return target
+
+    if func is None:
+        return decorate
+    return decorate(func)
+
+
+def has_hook() -> bool:
+    """Return True when at least one provider (C or Python) is registered."""
+    return bool(lib.has_core_use_outbound_tls_hook())
+
+
+def call(message: Optional[Message]) -> UseTLS:
+    """Run the providers by the call rule and return the decision.
+
+    ``message`` may be None, which providers see as a NULL message.
+    """
+    if message is None:
+        return _DECISIONS[_call(_NULL)]
+    try:
+        return _DECISIONS[_call(message._c_message)]
+    except (AttributeError, TypeError):
+        raise _not_a_message(message) from None
+
+
+def clear() -> int:
+    """Remove every provider, C and Python; returns how many there were."""
+    removed = lib.ectls_clear_core_use_outbound_tls_hook()
+    if removed < 0:
+        raise MemoryError("cannot clear the provider list: out of memory")
+    return int(removed)
+
+
+def _not_a_message(value: object) -> Exception:
+    if isinstance(value, Message):
+        value._pointer()  # raises MessageError for a released wrapper
+    return TypeError(f"expected a Message or None, not {type(value).__name__}")
+
+
+# ---- Explaining a decision ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A provider as explain() names it."""
+
+    name: str
+    """Python: ``module.qualname``; C: the symbol, or the address."""
+    language: str
+    """"python" or "c"."""
+    plugin: Optional[str] = None
+    """Path of the plugin or shared object that holds a C provider."""
+
+    def __str__(self) -> str:
+        if self.plugin:
+            return f"{self.name} ({self.plugin})"
+        return self.name
+
+
+@dataclass(frozen=True)
+class Step:
+    """One provider's part in an explained call."""
+
+    provider: Provider
+    returned: int
+    """The value the provider returned to C (for a Python provider, the
+    decision after the fail-closed rule)."""
+    decision: UseTLS
+    """What the call rule made of it."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The result of explain(): the decision and how it came about."""
+
+    decision: UseTLS
+    steps: Tuple[Step, ...]
+    """The providers that ran, in call order."""
+
+    @property
+    def decided_by(self) -> Optional[Provider]:
+        """The provider whose answer ended the call; None when every
+        provider returned NO or none is registered."""
+        if self.steps and self.steps[-1].decision is not UseTLS.NO:
+            return self.steps[-1].provider
+        return None
+
+    def __str__(self) -> str:
+        lines = [f"decision: {self.decision.name}"]
+        for number, step in enumerate(self.steps, 1):
+            mark = "  <- decided" if step is self.steps[-1] and self.decided_by else ""
+            lines.append(
+                f"  {number}. {step.provider} returned {step.returned} "
+                f"({step.decision.name}){mark}"
+            )
+        if not self.steps:
+            lines.append("  (no provider registered)")
+        elif self.decided_by is None:
+            lines.append("  every provider returned NO")
+        return "\n".join(lines)
+
+
+def _describe_c_provider(step: Any) -> Provider:
+    name = ffi.string(step.symbol).decode() if step.symbol != _NULL else None
+    plugin = ffi.string(step.plugin).decode() if step.plugin != _NULL else None
+    if name is None or plugin is None:
+        symbol = ffi.new("char **")
+        obj = ffi.new("char **")
+        if lib.ectls_describe_hook(step.hook, symbol, obj):
+            if name is None and symbol[0] != _NULL:
+                name = ffi.string(symbol[0]).decode()
+            if plugin is None and obj[0] != _NULL:
+                plugin = ffi.string(obj[0]).decode()
+    if name is None:
+        name = hex(int(ffi.cast("uintptr_t", step.hook)))
+    return Provider(name=name, language="c", plugin=plugin)
+
+
+def explain(message: Optional[Message]) -> Explanation:
+    """Perform one call, as call() does, and report how it decided.
+
+    Each provider runs once.  The report lists the providers that ran in
+    call order, what each returned and which one decided.
+    """
+    if message is not None and not isinstance(message, Message):
+        raise _not_a_message(message)
+    pointer = _NULL if message is None else message._pointer()
+    trace = lib.ectls_explain_core_use_outbound_tls_hook(pointer)
+    if trace == _NULL:
+        raise MemoryError("cannot explain the call: out of memory")
+    trace = ffi.gc(trace, lib.ectls_trace_free)
+
+    steps = []
+    for index in range(trace.count):
+        step = trace.steps[index]
+        if step.hook == _BRIDGE:
+            registration = _by_address.get(_address(step.closure))
+            name = registration.name if registration else "(unregistered)"
+            provider = Provider(name=name, language="python")
+        else:
+            provider = _describe_c_provider(step)
+        steps.append(Step(provider, int(step.returned), _DECISIONS[step.decision]))
+    return Explanation(_DECISIONS[trace.decision], tuple(steps))

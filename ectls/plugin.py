@@ -1,0 +1,157 @@
+"""Loading C provider plugins into the shared list."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from typing import Dict, Optional, Type, Union
+
+from ectls._binding import ffi, lib
+from ectls.errors import (
+    PluginAlreadyLoadedError,
+    PluginError,
+    PluginInitError,
+    PluginIsADirectoryError,
+    PluginLoadError,
+    PluginNotFoundError,
+    PluginPermissionError,
+    PluginSymbolError,
+    plugin_error,
+)
+
+__all__ = ["Plugin", "load_plugin", "DEFAULT_INIT", "DEFAULT_SYMBOL"]
+
+DEFAULT_INIT = "ectls_plugin_init"
+"""Init function the loader calls when given neither symbol nor init."""
+DEFAULT_SYMBOL = "use_outbound_tls"
+"""Provider the loader registers when the plugin has no DEFAULT_INIT."""
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_ERROR_BUFFER_SIZE = 1024
+
+_STATUS_ERRORS: Dict[int, Type[PluginError]] = {
+    lib.ECTLS_PLUGIN_ERR_OPEN: PluginLoadError,
+    lib.ECTLS_PLUGIN_ERR_SYMBOL: PluginSymbolError,
+    lib.ECTLS_PLUGIN_ERR_INIT: PluginInitError,
+    lib.ECTLS_PLUGIN_ERR_LOADED: PluginAlreadyLoadedError,
+}
+
+StrPath = Union[str, "os.PathLike[str]"]
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A loaded plugin.  Plugins stay loaded for the life of the process."""
+
+    path: str
+    symbol: Optional[str] = None
+    """The provider registered by name, if one was given."""
+    init: Optional[str] = None
+    """The init function called by name, if one was given."""
+    first: bool = False
+
+
+def _check_identifier(value: Optional[str], what: str) -> None:
+    if value is not None and not _IDENTIFIER.match(value):
+        raise ValueError(f"{what} must be a C identifier, not {value!r}")
+
+
+def _check_file(path: str, symbol: Optional[str], allow_writable: bool) -> None:
+    """Reject what the dynamic linker would load unsafely or explain badly."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise plugin_error(
+            PluginNotFoundError, f"plugin [{path}] does not exist", path, symbol
+        ) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise plugin_error(
+            PluginIsADirectoryError,
+            f"plugin [{path}] is a directory; give the path of a .so file",
+            path,
+            symbol,
+        )
+    if allow_writable:
+        return
+    # Code that others can replace would run as this process.  A sticky
+    # directory such as /tmp lets others add files but not replace ours.
+    directory = os.path.dirname(os.path.realpath(path))
+    directory_mode = os.stat(directory).st_mode
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"plugin [{path}] is writable by group or others"
+    elif directory_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (
+        directory_mode & stat.S_ISVTX
+    ):
+        problem = f"directory [{directory}] of plugin [{path}] is writable by group or others"
+    else:
+        return
+    raise plugin_error(
+        PluginPermissionError,
+        f"{problem}; fix the permissions, or pass allow_writable=True "
+        "to load it anyway",
+        path,
+        symbol,
+    )
+
+
+def load_plugin(
+    path: StrPath,
+    *,
+    symbol: Optional[str] = None,
+    init: Optional[str] = None,
+    first: bool = False,
+    allow_writable: bool = False,
+) -> Plugin:
+    """Load a C plugin and register what it provides.
+
+    - ``symbol=NAME``: register provider NAME, at the head of the list
+      when ``first`` is true, else at the tail; no init function runs.
+    - ``init=NAME``: call ``int NAME(void)``, which registers providers
+      itself and returns 0 on success.
+    - neither: call ``ectls_plugin_init`` if the plugin exports it, else
+      register the provider ``use_outbound_tls`` as with ``symbol``.
+
+    The plugin needs not link against libectls.  Loading the same file
+    (under any path) with the same entry point twice raises
+    PluginAlreadyLoadedError.  A plugin file or directory writable by
+    group or others raises PluginPermissionError unless
+    ``allow_writable`` is true.  Every failure leaves the list unchanged
+    and raises a PluginError subclass whose message names the path, the
+    symbol and the dynamic linker's text.
+    """
+    text_path = os.fspath(path)
+    if not isinstance(text_path, str):
+        raise TypeError(f"path must be a str or os.PathLike[str], not {path!r}")
+    if symbol is not None and init is not None:
+        raise ValueError(
+            "give symbol (a provider to register) or init (a function that "
+            "registers providers), not both"
+        )
+    _check_identifier(symbol, "symbol")
+    _check_identifier(init, "init")
+    if not text_path:
+        raise ValueError("plugin path is empty")
+    _check_file(text_path, symbol or init, allow_writable)
+
+    error_buffer = ffi.new("char[]", _ERROR_BUFFER_SIZE)
+    status = lib.ectls_load_plugin(
+        os.fsencode(text_path),
+        symbol.encode() if symbol is not None else ffi.NULL,
+        init.encode() if init is not None else ffi.NULL,
+        int(first),
+        error_buffer,
+        _ERROR_BUFFER_SIZE,
+    )
+    if status == lib.ECTLS_PLUGIN_OK:
+        return Plugin(text_path, symbol, init, first)
+
+    message = ffi.string(error_buffer).decode("utf-8", "replace")
+    if status == lib.ECTLS_PLUGIN_ERR_NOMEM:
+        raise MemoryError(message)
+    if status == lib.ECTLS_PLUGIN_ERR_ARGUMENT:
+        raise ValueError(message)
+    raise plugin_error(
+        _STATUS_ERRORS.get(status, PluginError), message, text_path, symbol or init
+    )

@@ -4,9 +4,11 @@ The cdef is not written by hand: it is the output of the C preprocessor
 run over include/ectls.h, which pulls in the Momentum headers.  cffi reads
 plain declarations, and the preprocessor removes what it cannot parse
 (include guards, extern "C" blocks, comments), so the binding always
-matches include/.  Enum values come through as written there, and cffi
-checks them against the compiler when it builds the module.  The
-bridge's own declarations follow from bridge.cdef.
+matches include/.  System headers are shadowed by empty files during
+that run, because cffi knows their types already and cannot parse their
+compiler extensions.  Enum values come through as written in include/,
+and cffi checks them against the compiler when it builds the module.
+The bridge's own declarations follow from bridge.cdef.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import tempfile
 from pathlib import Path
 
 from cffi import FFI
@@ -25,15 +28,30 @@ CDEF = ROOT / "cdef"
 LIBRARY_DIR = ROOT / "build" / "libectls"
 
 
+# System headers that include/ uses; see the module docstring.
+SHADOWED_SYSTEM_HEADERS = ["stddef.h"]
+
+
 def preprocessed_headers() -> str:
     """Return include/ectls.h and what it includes, run through cpp."""
     compiler = shlex.split(os.environ.get("CC", "cc"))
-    result = subprocess.run(
-        [*compiler, "-E", "-P", "-std=c99", f"-I{INCLUDE}", str(INCLUDE / "ectls.h")],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    with tempfile.TemporaryDirectory() as shadow:
+        for name in SHADOWED_SYSTEM_HEADERS:
+            (Path(shadow) / name).write_text("")
+        result = subprocess.run(
+            [
+                *compiler,
+                "-E",
+                "-P",
+                "-std=c99",
+                f"-I{shadow}",
+                f"-I{INCLUDE}",
+                str(INCLUDE / "ectls.h"),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     return result.stdout
 
 

@@ -47,7 +47,7 @@ from ectls.hooks import (
     register_last,
 )
 from ectls.message import Message
-from ectls.plugin import DEFAULT_INIT, DEFAULT_SYMBOL, Plugin, load_plugin
+from ectls.plugin import DEFAULT_INIT, DEFAULT_SYMBOL, Plugin, get_library, load_plugin
 
 __version__ = "0.1.0"
 
@@ -91,8 +91,3 @@ def get_include() -> str:
     """Return the directory that holds ectls.h, ec_message.h and
     hooks/core/use_outbound_tls.h, for ``cc -I``."""
     return str(_PACKAGE_DIR / "include")
-
-
-def get_library() -> str:
-    """Return the path of libectls.so, for C code to link against."""
-    return str(_PACKAGE_DIR / "libectls.so")

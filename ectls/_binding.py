@@ -14,7 +14,14 @@ from __future__ import annotations
 import atexit
 import logging
 
-from ectls._ectls_cffi import ffi, lib
+try:
+    from ectls._ectls_cffi import ffi, lib
+except ImportError as error:  # pragma: no cover - depends on the install
+    raise ImportError(
+        f"ectls was imported from {__file__.rsplit('/', 2)[0]}, which has no "
+        "compiled module: install ectls (pip install .) and run Python "
+        "outside the source tree, or build in place with pip install -e ."
+    ) from error
 
 __all__ = ["ffi", "lib", "logger"]
 

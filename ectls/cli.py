@@ -47,7 +47,9 @@ def _resolve_python_provider(spec: str) -> Callable[..., Any]:
     """Import ``MODULE:FUNC`` and return the callable."""
     module_name, colon, attribute = spec.rpartition(":")
     if not colon or not module_name or not attribute:
-        raise _UsageError(f"--python {spec!r}: expected MODULE:FUNC, e.g. mypolicy:decide")
+        raise _UsageError(
+            f"--python {spec!r}: expected MODULE:FUNC, e.g. mypolicy:decide"
+        )
     # Like ``python -m``, find modules in the current directory too.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -122,7 +124,9 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 success, 64 bad command line, 66 an input file "
         "could not be read, 78 a provider could not be loaded",
     )
-    parser.add_argument("--version", action="version", version=f"ectls {ectls.__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"ectls {ectls.__version__}"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -138,16 +142,22 @@ def _build_parser() -> argparse.ArgumentParser:
     decide.add_argument(
         "--mailfrom",
         metavar="ADDR",
-        help="envelope sender for every file, in place of Return-Path (\"\" is "
+        help='envelope sender for every file, in place of Return-Path ("" is '
         "the null sender)",
     )
     decide.add_argument(
-        "--rcpt", metavar="ADDR", help="envelope recipient for every file, in place of To"
+        "--rcpt",
+        metavar="ADDR",
+        help="envelope recipient for every file, in place of To",
     )
     decide.add_argument(
-        "--json", action="store_true", help="print one JSON object per file (JSON Lines)"
+        "--json",
+        action="store_true",
+        help="print one JSON object per file (JSON Lines)",
     )
-    decide.add_argument("files", nargs="+", metavar="FILE", help="RFC 5322 message file")
+    decide.add_argument(
+        "files", nargs="+", metavar="FILE", help="RFC 5322 message file"
+    )
     return parser
 
 
@@ -190,9 +200,12 @@ def _format_text(result: dict[str, Any]) -> str:
     def angle(address: Optional[str]) -> str:
         return "(none)" if address is None else f"<{address}>"
 
-    decided = result["decided_by"] or "no provider (all returned NO, or none registered)"
+    if result["decided_by"]:
+        decided = f"decided by {result['decided_by']}"
+    else:
+        decided = "no provider decided"
     return (
-        f"{result['file']}: {result['decision']}, decided by {decided}; "
+        f"{result['file']}: {result['decision']} ({decided}); "
         f"MAIL FROM:{angle(result['mailfrom'])} RCPT TO:{angle(result['rcptto'])}"
     )
 
@@ -203,7 +216,11 @@ def _run_decide(args: argparse.Namespace) -> int:
         try:
             result = _decide_one(path, args)
         except (OSError, MessageError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            reason = (
+                error.strerror
+                if isinstance(error, OSError) and error.strerror
+                else error
+            )
             _error(f"{path}: {reason}")
             if args.json:
                 print(json.dumps({"file": path, "error": str(reason)}), flush=True)

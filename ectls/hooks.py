@@ -31,19 +31,19 @@ from ectls._binding import ffi, lib, logger
 from ectls.message import Message
 
 __all__ = [
-    "UseTLS",
+    "Explanation",
     "Provider",
     "ProviderFunc",
     "Registration",
     "Step",
-    "Explanation",
+    "UseTLS",
+    "call",
+    "clear",
+    "explain",
+    "has_hook",
+    "hook",
     "register_first",
     "register_last",
-    "hook",
-    "has_hook",
-    "call",
-    "explain",
-    "clear",
 ]
 
 
@@ -109,7 +109,7 @@ class Registration:
     no reference to it.  As a context manager it unregisters on exit.
     """
 
-    __slots__ = ("func", "name", "first", "_handle", "_registered", "__weakref__")
+    __slots__ = ("__weakref__", "_handle", "_registered", "first", "func", "name")
 
     def __init__(self, func: ProviderFunc, first: bool) -> None:
         self.func = func

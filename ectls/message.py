@@ -37,7 +37,7 @@ def _decode(pointer: object) -> str:
 class _Context(MutableMapping[str, str]):
     """One of a message's context dictionaries, read and written in C."""
 
-    __slots__ = ("_message", "_which", "_label")
+    __slots__ = ("_label", "_message", "_which")
 
     def __init__(self, message: Message, which: int, label: str) -> None:
         self._message = message
@@ -102,7 +102,7 @@ class Message:
         (``ECMESS_CTX_CONN``).
     """
 
-    __slots__ = ("_c_message", "_handle", "email", "__weakref__")
+    __slots__ = ("__weakref__", "_c_message", "_handle", "email")
 
     email: Optional[EmailMessage]
     """The parsed RFC 5322 message, for messages built from bytes or a file."""
@@ -299,7 +299,9 @@ def _address_problem(field: str, address: str, encoded: bytes) -> str:
             f"invalid {field} {address[:40]!r}...: {len(encoded)} bytes, "
             f"longer than the {lib.ECTLS_ADDRESS_MAXLEN} that SMTP allows"
         )
-    return f"invalid {field} {address!r}: an address must not contain CR, LF, '<' or '>'"
+    return (
+        f"invalid {field} {address!r}: an address must not contain CR, LF, '<' or '>'"
+    )
 
 
 def _first_address(parsed: EmailMessage, header: str) -> Optional[str]:

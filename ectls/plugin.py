@@ -6,7 +6,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Dict, Optional, Type, Union
+from typing import Dict, Optional, Tuple, Type, Union
 
 from ectls._binding import ffi, lib
 from ectls.errors import (
@@ -21,7 +21,7 @@ from ectls.errors import (
     plugin_error,
 )
 
-__all__ = ["Plugin", "load_plugin", "DEFAULT_INIT", "DEFAULT_SYMBOL"]
+__all__ = ["DEFAULT_INIT", "DEFAULT_SYMBOL", "Plugin", "load_plugin"]
 
 DEFAULT_INIT = "ectls_plugin_init"
 """Init function the loader calls when given neither symbol nor init."""
@@ -39,6 +39,11 @@ _STATUS_ERRORS: Dict[int, Type[PluginError]] = {
 }
 
 StrPath = Union[str, "os.PathLike[str]"]
+
+
+def get_library() -> str:
+    """Return the path of libectls.so, for C code to link against."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "libectls.so")
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,9 @@ def _check_file(path: str, symbol: Optional[str], allow_writable: bool) -> None:
     elif directory_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (
         directory_mode & stat.S_ISVTX
     ):
-        problem = f"directory [{directory}] of plugin [{path}] is writable by group or others"
+        problem = (
+            f"directory [{directory}] of plugin [{path}] is writable by group or others"
+        )
     else:
         return
     raise plugin_error(
@@ -93,6 +100,33 @@ def _check_file(path: str, symbol: Optional[str], allow_writable: bool) -> None:
         "to load it anyway",
         path,
         symbol,
+    )
+
+
+def _elf_identity(path: str) -> Optional[Tuple[int, int]]:
+    """Return (ELF class, machine) of an ELF file, or None."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return None
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        return None
+    byte_order = "little" if header[5] == 1 else "big"
+    return header[4], int.from_bytes(header[18:20], byte_order)
+
+
+def _elf_mismatch(path: str) -> str:
+    """Explain an ELF class or machine mismatch, which glibc reports as
+    "No such file or directory"; return "" when there is none."""
+    plugin = _elf_identity(path)
+    process = _elf_identity(get_library())
+    if plugin is None or process is None or plugin == process:
+        return ""
+    return (
+        f" (the plugin is ELF class {plugin[0]} for machine {plugin[1]}, but this "
+        f"process is ELF class {process[0]} for machine {process[1]}; rebuild "
+        "the plugin for this machine)"
     )
 
 
@@ -148,6 +182,8 @@ def load_plugin(
         return Plugin(text_path, symbol, init, first)
 
     message = ffi.string(error_buffer).decode("utf-8", "replace")
+    if status == lib.ECTLS_PLUGIN_ERR_OPEN:
+        message += _elf_mismatch(text_path)
     if status == lib.ECTLS_PLUGIN_ERR_NOMEM:
         raise MemoryError(message)
     if status == lib.ECTLS_PLUGIN_ERR_ARGUMENT:

@@ -15,8 +15,16 @@ LIBRARY = "libectls.so"
 # Only functions marked ECTLS_EXPORT leave the library; nodelete keeps it
 # mapped for the life of the process, as plugins and reader records
 # point into it.
-CFLAGS = ["-std=c11", "-O2", "-g", "-fPIC", "-fvisibility=hidden",
-          "-Wall", "-Wextra", "-Wpedantic"]
+CFLAGS = [
+    "-std=c11",
+    "-O2",
+    "-g",
+    "-fPIC",
+    "-fvisibility=hidden",
+    "-Wall",
+    "-Wextra",
+    "-Wpedantic",
+]
 LDFLAGS = ["-shared", "-Wl,-z,nodelete", f"-Wl,-soname,{LIBRARY}"]
 LIBS = ["-ldl", "-lpthread"]
 

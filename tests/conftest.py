@@ -52,7 +52,7 @@ def compile_plugin(c_compiler: str, tmp_path: Path) -> CompilePlugin:
     """
     counter = itertools.count()
 
-    def compile_(source: "str | Path", name: str = "plugin", flags: tuple = ()) -> Path:
+    def compile_(source: str | Path, name: str = "plugin", flags: tuple = ()) -> Path:
         if isinstance(source, Path):
             source_path = source
         else:

@@ -224,7 +224,7 @@ def test_c_message_borrowed_then_released(compile_plugin):
     assert library.ask_about(b"user@Bank.Example") == UseTLS.REQUIRED
     assert len(kept) == 1
     with pytest.raises(ectls.MessageError, match="no longer valid"):
-        kept[0].rcptto
+        _ = kept[0].rcptto
 
 
 def test_call_rejects_non_message():
@@ -240,7 +240,17 @@ def test_call_rejects_non_message():
 @pytest.mark.parametrize(
     "result",
     [None, "REQUIRED", 1.0, 3, -1, True, False, [], object()],
-    ids=["none", "str", "float", "three", "minus-one", "true", "false", "list", "object"],
+    ids=[
+        "none",
+        "str",
+        "float",
+        "three",
+        "minus-one",
+        "true",
+        "false",
+        "list",
+        "object",
+    ],
 )
 def test_python_invalid_result_is_required(result, caplog):
     def bad_policy(message):
@@ -307,7 +317,9 @@ def test_explain_records_raw_out_of_range(fixed):
     explanation = ectls.explain(None)
 
     assert explanation.decision is UseTLS.REQUIRED
-    assert [(step.provider.name, step.returned, step.decision) for step in explanation.steps] == [
+    assert [
+        (step.provider.name, step.returned, step.decision) for step in explanation.steps
+    ] == [
         ("say_no", 0, UseTLS.NO),
         ("say_seven", 7, UseTLS.REQUIRED),
     ]

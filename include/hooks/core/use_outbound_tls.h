@@ -28,6 +28,8 @@
 #ifndef EC_HOOKS_CORE_USE_OUTBOUND_TLS_H
 #define EC_HOOKS_CORE_USE_OUTBOUND_TLS_H
 
+#include <stddef.h> /* NULL, the usual closure */
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Build libectls, the example and test plugins and the C test harness,
+# then run the harness.
+#
+# Usage: ./build.sh [--no-run]
+#   --no-run   build only, do not run the harness
+# Environment:
+#   BUILD_DIR  output directory, relative to this script's directory
+#              unless absolute (default: build)
+#   CC         C compiler command (default: cc)
+#   PYTHON     Python interpreter for src/build.py (default: python3)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+run_harness=1
+for argument in "$@"; do
+  case "$argument" in
+    --no-run) run_harness=0 ;;
+    *) echo "build.sh: unknown option '$argument'; usage: ./build.sh [--no-run]" >&2
+       exit 2 ;;
+  esac
+done
+
+read -r -a cc <<< "${CC:-cc}"
+python="${PYTHON:-python3}"
+mkdir -p "${BUILD_DIR:-build}"
+build_dir="$(cd "${BUILD_DIR:-build}" && pwd)"
+lib_dir="$build_dir/libectls"
+plugin_flags=(-std=c99 -Wall -Wextra -Werror -fPIC -shared -Iinclude)
+
+echo "libectls: $("$python" src/build.py "$lib_dir")"
+
+# Plugins are not linked against libectls: like Momentum modules, they
+# resolve register_* and call_* from the process when they are loaded.
+build_plugins() {
+  local source_dir="$1" output_dir="$2" source names=()
+  mkdir -p "$output_dir"
+  for source in "$source_dir"/*.c; do
+    [[ -e "$source" ]] || continue
+    "${cc[@]}" "${plugin_flags[@]}" "$source" \
+      -o "$output_dir/$(basename "$source" .c).so"
+    names+=("$(basename "$source" .c)")
+  done
+  echo "plugins in $output_dir: ${names[*]:-none}"
+}
+build_plugins examples "$build_dir/examples"
+build_plugins tests/plugins "$build_dir/tests/plugins"
+
+"${cc[@]}" -std=c11 -Wall -Wextra -Werror -Iinclude tests/harness.c \
+  -o "$build_dir/tests/harness" -L"$lib_dir" -lectls \
+  -Wl,-rpath,"$lib_dir" -ldl -lpthread
+echo "harness: $build_dir/tests/harness"
+
+if (( run_harness )); then
+  echo "running the harness"
+  "$build_dir/tests/harness" "$build_dir/tests/plugins" "$build_dir/examples"
+fi

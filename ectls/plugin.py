@@ -169,9 +169,12 @@ def load_plugin(
         raise ValueError("plugin path is empty")
     _check_file(text_path, symbol or init, allow_writable)
 
+    # dlopen() searches its library path for a name without '/'; this
+    # function takes a file path, as the checks above did.
+    linker_path = text_path if "/" in text_path else "./" + text_path
     error_buffer = ffi.new("char[]", _ERROR_BUFFER_SIZE)
     status = lib.ectls_load_plugin(
-        os.fsencode(text_path),
+        os.fsencode(linker_path),
         symbol.encode() if symbol is not None else ffi.NULL,
         init.encode() if init is not None else ffi.NULL,
         int(first),

@@ -122,7 +122,7 @@ int ectls_message_set_rcptto(ec_message *message, const char *address);
  * place of the recipient's domain; NULL restores the recipient's domain.
  * Returns 1, or 0 when message is NULL, the domain is empty, longer than
  * ECTLS_DOMAIN_BUFLEN - 3 bytes or contains a character that no domain
- * name has (space, '@', '<', '>', CR, LF), or memory runs out.
+ * name has (space, tab, '@', '<', '>', CR, LF), or memory runs out.
  */
 int ectls_message_set_routing_domain(ec_message *message, const char *domain);
 

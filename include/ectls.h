@@ -126,6 +126,10 @@ enum ectls_plugin_status {
  * exports it, else register ECTLS_PLUGIN_DEFAULT_SYMBOL.  Passing both
  * symbol and init is an error.
  *
+ * path goes to dlopen() as given, so a path without a '/' is searched
+ * for on the dynamic linker's library path, not in the current
+ * directory; write "./plugin.so" for that.
+ *
  * The plugin needs not link against libectls: ectls makes its own symbols
  * global before loading, so a module built like a Momentum module
  * resolves register_..._first and the rest from the process.  A plugin is

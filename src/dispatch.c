@@ -94,7 +94,14 @@ static _Atomic uint64_t global_epoch = 1;
 static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct retired *retired_head, *retired_tail;
 static int retired_count;
-static struct reader *readers;
+
+/*
+ * Stands in for a reader record when none can be allocated.  It heads
+ * the registry from the start and is never handed to a thread, so using
+ * it changes no list; its epoch is 0 until first used.
+ */
+static struct reader fallback_reader = {.in_use = 1};
+static struct reader *readers = &fallback_reader;
 
 /* Set when calls must fence themselves because membarrier is missing. */
 static _Atomic int reader_fence = 1;
@@ -157,29 +164,17 @@ static __attribute__((noinline)) struct reader *attach_reader(void) {
   return reader;
 }
 
-/*
- * Static storage that stands in for a reader record when none could be
- * allocated.  Its epoch pins every version, so nothing is freed early;
- * the process is out of memory anyway.
- */
-static struct reader fallback_reader = {.in_use = 1};
-
 static inline struct reader *enter_call(uint64_t *saved) {
   struct reader *reader = this_reader;
 
   if (__builtin_expect(reader == NULL, 0)) {
     reader = attach_reader();
     if (reader == NULL) {
-      reader = &fallback_reader;
-      pthread_mutex_lock(&list_lock);
-      if (fallback_reader.next == NULL && readers != &fallback_reader) {
-        fallback_reader.next = readers;
-        readers = &fallback_reader;
-      }
-      pthread_mutex_unlock(&list_lock);
-      atomic_store(&reader->epoch, 1);
+      /* Out of memory: pin every version from now on, so nothing is
+       * freed early; the process is failing anyway. */
+      atomic_store(&fallback_reader.epoch, 1);
       *saved = 1;
-      return reader;
+      return &fallback_reader;
     }
   }
   *saved = atomic_load_explicit(&reader->epoch, memory_order_relaxed);

@@ -170,8 +170,11 @@ ECTLS_EXPORT int ectls_load_plugin(const char *path, const char *symbol,
   handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
   if (handle == NULL) {
     const char *error = dlerror();
+    const char *name = symbol != NULL ? symbol : init;
     return fail(errbuf, errlen, ECTLS_PLUGIN_ERR_OPEN,
-                "unable to open shared library [%s]: %s", path,
+                "unable to open shared library [%s]%s%s%s: %s", path,
+                name != NULL ? " for [" : "", name != NULL ? name : "",
+                name != NULL ? "]" : "",
                 error != NULL ? error : "unknown error");
   }
   entry = choose_entry(handle, path, symbol, init, &address, &is_init,

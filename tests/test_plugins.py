@@ -323,3 +323,10 @@ def test_bad_arguments(compile_plugin, kwargs, match, sentinel):
 def test_empty_path(sentinel):
     with pytest.raises(ValueError, match="empty"):
         ectls.load_plugin("")
+
+
+def test_relative_path_is_a_file_path(compile_plugin, monkeypatch):
+    path = compile_plugin(PROVIDERS, "providers")
+    monkeypatch.chdir(path.parent)
+    ectls.load_plugin(path.name)
+    assert ectls.call(None) is UseTLS.REQUIRED

@@ -13,8 +13,15 @@
 
 #include "ectls.h"
 
-/* Implemented in Python; declared as extern "Python+C" in bridge.cdef. */
-int ectls_py_provider(void *closure, void *owner, email_message *message);
+/*
+ * Implemented in Python; declared as extern "Python+C" in bridge.cdef.
+ * ectls_py_provider gets the handle of the caller's Message;
+ * ectls_py_provider_c_message gets a message that C made (or NULL), for
+ * which Python has no Message yet.  Splitting them keeps the common case
+ * to two arguments, and cffi converts each argument on every call.
+ */
+int ectls_py_provider(void *closure, void *owner);
+int ectls_py_provider_c_message(void *closure, email_message *message);
 void ectls_py_destroy(void *closure);
 void ectls_py_log(int level, const char *message);
 
@@ -35,6 +42,7 @@ static int python_can_run(void) {
 }
 
 static int ectls_bridge_provider(void *closure, email_message *message) {
+  void *owner;
   int biased;
 
   if (!python_can_run()) {
@@ -43,9 +51,11 @@ static int ectls_bridge_provider(void *closure, email_message *message) {
           "EC_USE_TLS_REQUIRED\n", stderr);
     return EC_USE_TLS_REQUIRED;
   }
-  biased = ectls_py_provider(
-      closure, message != NULL ? ectls_message_get_userdata(message) : NULL,
-      message);
+  owner = message != NULL ? ectls_message_get_userdata(message) : NULL;
+  if (owner != NULL)
+    biased = ectls_py_provider(closure, owner);
+  else
+    biased = ectls_py_provider_c_message(closure, message);
   if (biased < 1 || biased > 3) {
     /* 0 is cffi's answer when the Python half could not run at all; the
      * Python half logs every fault it sees itself. */

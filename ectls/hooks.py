@@ -11,9 +11,10 @@ Registration as the closure.  A call then goes:
    which checks that the interpreter can run, and calls
    ``_run_provider`` below (cffi takes the GIL).
 3. ``_run_provider`` finds the Registration and the caller's Message
-   from their handles, runs the function and checks its result.  It
-   returns the decision plus one, so that the 0 cffi returns when Python
-   cannot run is told apart from EC_USE_TLS_NO.
+   from their handles (``_run_provider_on_c_message`` wraps a message
+   that C made), runs the function and checks its result.  It returns
+   the decision plus one, so that the 0 cffi returns when Python cannot
+   run is told apart from EC_USE_TLS_NO.
 4. Any fault (an exception, a result that is not a decision) is logged
    to the "ectls" logger and becomes REQUIRED: the fail-closed rule.
    No Python exception reaches C.
@@ -63,11 +64,10 @@ _F = TypeVar("_F", bound=ProviderFunc)
 
 # Indexed by the C result, which is always 0, 1 or 2.
 _DECISIONS: Tuple[UseTLS, ...] = (UseTLS.NO, UseTLS.IFAVAILABLE, UseTLS.REQUIRED)
-# What _run_provider returns for each valid result (decision plus one).
-# Keys are looked up only after the result's type is checked, because
-# True == 1 and 1.0 == 1 would otherwise match.
-_RETURN_CODES = {decision: int(decision) + 1 for decision in UseTLS}
-_RESULT_TYPES = (UseTLS, int)
+_NO = UseTLS.NO
+_IFAVAILABLE = UseTLS.IFAVAILABLE
+_REQUIRED = UseTLS.REQUIRED
+# What the trampolines return: the decision plus one, see the module doc.
 _FAIL_CLOSED = int(UseTLS.REQUIRED) + 1
 
 _BRIDGE = ffi.addressof(lib, "ectls_bridge_provider")
@@ -173,32 +173,21 @@ def _provider_fault(exc_type: type, exc_value: BaseException, traceback: Any) ->
     )
 
 
-@ffi.def_extern(name="ectls_py_provider", error=_FAIL_CLOSED, onerror=_provider_fault)
-def _run_provider(closure: Any, owner: Any, c_message: Any) -> int:
-    registration: Registration = ffi.from_handle(closure)
-    borrowed = None
-    if owner != _NULL:
-        message = ffi.from_handle(owner)
-    elif c_message != _NULL:
-        message = borrowed = Message._borrow(c_message)
-    else:
-        message = None
+def _result_code(registration: Registration, result: object) -> int:
+    """Map a provider's result to decision plus one, failing closed.
 
-    try:
-        result = registration.func(message)
-    except Exception:
-        logger.exception(
-            "Python provider %s raised; the call yields REQUIRED", registration.name
-        )
-        return _FAIL_CLOSED
-    finally:
-        if borrowed is not None:
-            borrowed._release()
-
-    if result.__class__ in _RESULT_TYPES:
-        code = _RETURN_CODES.get(result)
-        if code is not None:
-            return code
+    Members are compared by identity and plain ints by value: IntEnum's
+    hash and True == 1 or 1.0 == 1 would make a dict lookup slower and
+    too lenient.
+    """
+    if result is _NO:
+        return 1
+    if result is _IFAVAILABLE:
+        return 2
+    if result is _REQUIRED:
+        return 3
+    if result.__class__ is int and 0 <= result <= 2:  # type: ignore[operator]
+        return result + 1  # type: ignore[operator, no-any-return]
     logger.error(
         "Python provider %s returned %r, which is not a decision "
         "(UseTLS or 0, 1, 2); the call yields REQUIRED",
@@ -206,6 +195,53 @@ def _run_provider(closure: Any, owner: Any, c_message: Any) -> int:
         result,
     )
     return _FAIL_CLOSED
+
+
+def _log_raised(registration: Registration) -> int:
+    logger.exception(
+        "Python provider %s raised; the call yields REQUIRED", registration.name
+    )
+    return _FAIL_CLOSED
+
+
+_from_handle = ffi.from_handle
+
+
+@ffi.def_extern(name="ectls_py_provider", error=_FAIL_CLOSED, onerror=_provider_fault)
+def _run_provider(closure: Any, owner: Any) -> int:
+    """Run a provider on the caller's own Message (the hot path)."""
+    registration: Registration = _from_handle(closure)
+    try:
+        result = registration.func(_from_handle(owner))
+    except Exception:
+        return _log_raised(registration)
+    # The members' checks of _result_code, inlined for speed.
+    if result is _NO:
+        return 1
+    if result is _IFAVAILABLE:
+        return 2
+    if result is _REQUIRED:
+        return 3
+    return _result_code(registration, result)
+
+
+@ffi.def_extern(
+    name="ectls_py_provider_c_message", error=_FAIL_CLOSED, onerror=_provider_fault
+)
+def _run_provider_on_c_message(closure: Any, c_message: Any) -> int:
+    """Run a provider on a message that C made, or on NULL (None)."""
+    registration: Registration = _from_handle(closure)
+    borrowed = Message._borrow(c_message) if c_message else None
+    try:
+        result = registration.func(borrowed)
+    except Exception:
+        return _log_raised(registration)
+    finally:
+        # C frees the message after the call, so the wrapper must not
+        # outlive it.
+        if borrowed is not None:
+            borrowed._release()
+    return _result_code(registration, result)
 
 
 def register_first(func: ProviderFunc) -> Registration:

@@ -47,7 +47,7 @@
 #include <unistd.h>
 
 #define CACHE_LINE 64
-#define RECLAIM_BATCH 16
+#define RECLAIM_BATCH 64
 
 /* One registration; lives until its last version is reclaimed. */
 struct registration {
@@ -58,15 +58,18 @@ struct registration {
   const char *symbol;
 };
 
-/* What a call needs of a registration, inline for one cache miss less. */
+/*
+ * What a call needs of a registration, copied inline so the walk reads
+ * one 16-byte slot per provider and no registration.
+ */
 struct slot {
   ec_hook_core_use_outbound_tls_func_t *hook;
   void *closure;
-  struct registration *registration;
 };
 
 struct version {
   int count;
+  struct registration **registrations; /* count entries, after slots */
   struct slot slots[];
 };
 
@@ -85,10 +88,18 @@ struct reader {
   int in_use;
 } __attribute__((aligned(CACHE_LINE)));
 
-static const struct version empty_version = {0};
+static const struct version empty_version = {0, NULL};
 
-static _Atomic(const struct version *) current = &empty_version;
-static _Atomic uint64_t global_epoch = 1;
+/*
+ * What every call reads, alone on its cache line: writers change it once
+ * per list change and keep their own state (lock, queues) elsewhere, so a
+ * change costs each calling thread one cache miss.
+ */
+static struct {
+  _Atomic(const struct version *) current;
+  _Atomic uint64_t epoch;
+  _Atomic int reader_fence; /* calls fence themselves: no membarrier */
+} shared __attribute__((aligned(CACHE_LINE))) = {&empty_version, 1, 1};
 
 /* Guards writers, the retired queue and the reader registry. */
 static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -103,9 +114,6 @@ static int retired_count;
 static struct reader fallback_reader = {.in_use = 1};
 static struct reader *readers = &fallback_reader;
 
-/* Set when calls must fence themselves because membarrier is missing. */
-static _Atomic int reader_fence = 1;
-
 /* Set when membarrier failed after it had been registered. */
 static int reclaim_disabled;
 
@@ -118,7 +126,7 @@ static __thread struct reader *this_reader
 static void register_membarrier(void) {
   long rc = syscall(__NR_membarrier,
                     MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0);
-  atomic_store_explicit(&reader_fence, rc != 0, memory_order_relaxed);
+  atomic_store_explicit(&shared.reader_fence, rc != 0, memory_order_relaxed);
 }
 
 /* Runs when a thread that called exits: recycle its reader record. */
@@ -179,9 +187,9 @@ static inline struct reader *enter_call(uint64_t *saved) {
   }
   *saved = atomic_load_explicit(&reader->epoch, memory_order_relaxed);
   if (*saved == 0) {
-    uint64_t epoch = atomic_load_explicit(&global_epoch, memory_order_acquire);
+    uint64_t epoch = atomic_load_explicit(&shared.epoch, memory_order_acquire);
     atomic_store_explicit(&reader->epoch, epoch, memory_order_relaxed);
-    if (atomic_load_explicit(&reader_fence, memory_order_relaxed))
+    if (atomic_load_explicit(&shared.reader_fence, memory_order_relaxed))
       atomic_thread_fence(memory_order_seq_cst);
     else
       atomic_signal_fence(memory_order_seq_cst);
@@ -193,8 +201,8 @@ static inline void leave_call(struct reader *reader, uint64_t saved) {
   atomic_store_explicit(&reader->epoch, saved, memory_order_release);
 }
 
-static const char *describe(const struct slot *slot, char *buf, size_t len) {
-  const struct registration *registration = slot->registration;
+static const char *describe(const struct registration *registration,
+                            char *buf, size_t len) {
   const char *symbol = NULL, *object = NULL;
 
   if (registration->symbol != NULL)
@@ -203,26 +211,26 @@ static const char *describe(const struct slot *slot, char *buf, size_t len) {
     object = registration->plugin->path;
   if (symbol == NULL) {
     const char *found_object = NULL;
-    ectls_describe_hook(slot->hook, &symbol, &found_object);
+    ectls_describe_hook(registration->hook, &symbol, &found_object);
     if (object == NULL)
       object = found_object;
   }
   if (symbol != NULL)
     snprintf(buf, len, "%s (%s)", symbol, object ? object : "?");
   else
-    snprintf(buf, len, "%p (%s)", ectls_function_address(slot->hook),
+    snprintf(buf, len, "%p (%s)", ectls_function_address(registration->hook),
              object ? object : "?");
   return buf;
 }
 
 static __attribute__((noinline, cold)) int
-out_of_range(const struct slot *slot, int value) {
+out_of_range(const struct registration *registration, int value) {
   char name[512];
 
   ectls_log(ECTLS_LOG_ERROR,
             "provider %s returned %d, which is not a decision (0, 1 or 2); "
             "the call yields EC_USE_TLS_REQUIRED",
-            describe(slot, name, sizeof name), value);
+            describe(registration, name, sizeof name), value);
   return EC_USE_TLS_REQUIRED;
 }
 
@@ -239,20 +247,20 @@ static inline int run_providers(const struct version *version,
     int value = slot->hook(slot->closure, message);
     int decision = value;
 
-    if ((unsigned)value > EC_USE_TLS_REQUIRED)
-      decision = out_of_range(slot, value);
+    /* One test per provider on the common path: NO continues. */
+    if (value != EC_USE_TLS_NO && (unsigned)value > EC_USE_TLS_REQUIRED)
+      decision = out_of_range(version->registrations[i], value);
     if (trace != NULL) {
+      const struct registration *registration = version->registrations[i];
       ectls_trace_step *step = &trace->steps[trace->count++];
       step->hook = slot->hook;
       step->closure = slot->closure;
-      step->symbol = slot->registration->symbol;
-      step->plugin = slot->registration->plugin
-                         ? slot->registration->plugin->path
-                         : NULL;
+      step->symbol = registration->symbol;
+      step->plugin = registration->plugin ? registration->plugin->path : NULL;
       step->returned = value;
       step->decision = decision;
     }
-    if (decision != EC_USE_TLS_NO)
+    if (value != EC_USE_TLS_NO)
       return decision;
   }
   return EC_USE_TLS_NO;
@@ -262,7 +270,7 @@ ECTLS_EXPORT int call_core_use_outbound_tls_hook(email_message *message) {
   uint64_t saved;
   struct reader *reader = enter_call(&saved);
   const struct version *version =
-      atomic_load_explicit(&current, memory_order_acquire);
+      atomic_load_explicit(&shared.current, memory_order_acquire);
   int decision = run_providers(version, message, NULL);
 
   leave_call(reader, saved);
@@ -274,7 +282,7 @@ ectls_explain_core_use_outbound_tls_hook(email_message *message) {
   uint64_t saved;
   struct reader *reader = enter_call(&saved);
   const struct version *version =
-      atomic_load_explicit(&current, memory_order_acquire);
+      atomic_load_explicit(&shared.current, memory_order_acquire);
   ectls_trace *trace = calloc(1, sizeof *trace);
 
   if (trace != NULL && version->count > 0) {
@@ -300,7 +308,7 @@ ECTLS_EXPORT void ectls_trace_free(ectls_trace *trace) {
 ECTLS_EXPORT int ectls_count_core_use_outbound_tls_hook(void) {
   uint64_t saved;
   struct reader *reader = enter_call(&saved);
-  int count = atomic_load_explicit(&current, memory_order_acquire)->count;
+  int count = atomic_load_explicit(&shared.current, memory_order_acquire)->count;
 
   leave_call(reader, saved);
   return count;
@@ -345,7 +353,7 @@ static struct retired *reclaim_locked(void) {
 
   if (retired_head == NULL || reclaim_disabled)
     return NULL;
-  if (atomic_load_explicit(&reader_fence, memory_order_relaxed))
+  if (atomic_load_explicit(&shared.reader_fence, memory_order_relaxed))
     atomic_thread_fence(memory_order_seq_cst);
   else if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0)) {
     /* Calls rely on this barrier, so without it no version can be shown
@@ -383,11 +391,11 @@ static struct retired *reclaim_locked(void) {
 static struct retired *publish_locked(struct version *next,
                                       struct retired *record) {
   const struct version *old =
-      atomic_load_explicit(&current, memory_order_relaxed);
+      atomic_load_explicit(&shared.current, memory_order_relaxed);
 
-  atomic_store_explicit(&current, next, memory_order_release);
+  atomic_store_explicit(&shared.current, next, memory_order_release);
   record->version = (struct version *)old;
-  record->epoch = atomic_fetch_add(&global_epoch, 1) + 1;
+  record->epoch = atomic_fetch_add(&shared.epoch, 1) + 1;
   record->next = NULL;
   if (retired_tail != NULL)
     retired_tail->next = record;
@@ -405,9 +413,13 @@ static struct version *new_version(int count) {
 
   if (count == 0)
     return (struct version *)&empty_version;
-  version = malloc(sizeof *version + (size_t)count * sizeof(struct slot));
-  if (version != NULL)
+  version = malloc(sizeof *version +
+                   (size_t)count * (sizeof(struct slot) +
+                                    sizeof(struct registration *)));
+  if (version != NULL) {
     version->count = count;
+    version->registrations = (struct registration **)&version->slots[count];
+  }
   return version;
 }
 
@@ -436,7 +448,7 @@ ECTLS_HIDDEN int ectls_register_from(
   registration->symbol = symbol;
 
   pthread_mutex_lock(&list_lock);
-  old = atomic_load_explicit(&current, memory_order_relaxed);
+  old = atomic_load_explicit(&shared.current, memory_order_relaxed);
   next = new_version(old->count + 1);
   if (next == NULL) {
     pthread_mutex_unlock(&list_lock);
@@ -445,12 +457,14 @@ ECTLS_HIDDEN int ectls_register_from(
     return ENOMEM;
   }
   /* First prepends, last appends; no sorting. */
-  memcpy(next->slots + (first ? 1 : 0), old->slots,
+  int at = first ? 0 : old->count, shift = first ? 1 : 0;
+  memcpy(next->slots + shift, old->slots,
          (size_t)old->count * sizeof(struct slot));
-  struct slot *slot = &next->slots[first ? 0 : old->count];
-  slot->hook = hook;
-  slot->closure = closure;
-  slot->registration = registration;
+  memcpy(next->registrations + shift, old->registrations,
+         (size_t)old->count * sizeof(struct registration *));
+  next->slots[at].hook = hook;
+  next->slots[at].closure = closure;
+  next->registrations[at] = registration;
   ready = publish_locked(next, record);
   pthread_mutex_unlock(&list_lock);
 
@@ -503,9 +517,9 @@ static int remove_matching(int (*match)(const struct registration *,
   int count = 0, kept = 0;
 
   pthread_mutex_lock(&list_lock);
-  old = atomic_load_explicit(&current, memory_order_relaxed);
+  old = atomic_load_explicit(&shared.current, memory_order_relaxed);
   for (int i = 0; i < old->count; i++)
-    if (match(old->slots[i].registration, key) && (!just_one || count == 0))
+    if (match(old->registrations[i], key) && (!just_one || count == 0))
       count++;
   if (count == 0) {
     pthread_mutex_unlock(&list_lock);
@@ -524,11 +538,13 @@ static int remove_matching(int (*match)(const struct registration *,
   }
   count = 0;
   for (int i = 0; i < old->count; i++) {
-    const struct slot *slot = &old->slots[i];
-    if (match(slot->registration, key) && (!just_one || count == 0))
-      removed[count++] = slot->registration;
-    else
-      next->slots[kept++] = *slot;
+    struct registration *registration = old->registrations[i];
+    if (match(registration, key) && (!just_one || count == 0)) {
+      removed[count++] = registration;
+    } else {
+      next->slots[kept] = old->slots[i];
+      next->registrations[kept++] = registration;
+    }
   }
   record->removed = removed;
   record->removed_count = count;

@@ -43,6 +43,7 @@ from ectls.hooks import (
     explain,
     has_hook,
     hook,
+    isolated,
     register_first,
     register_last,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "get_library",
     "has_hook",
     "hook",
+    "isolated",
     "load_plugin",
     "register_first",
     "register_last",

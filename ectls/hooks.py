@@ -22,11 +22,21 @@ Registration as the closure.  A call then goes:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple, TypeVar, Union, overload
+from typing import (
+    Any,
+    Callable,
+    Iterator,
+    Optional,
+    Tuple,
+    TypeVar,
+    Union,
+    overload,
+)
 
 from ectls._binding import ffi, lib, logger
 from ectls.message import Message
@@ -305,6 +315,27 @@ def clear() -> int:
     if removed < 0:
         raise MemoryError("cannot clear the provider list: out of memory")
     return int(removed)
+
+
+@contextlib.contextmanager
+def isolated() -> Iterator[None]:
+    """Run the block with an empty provider list, then put back the list
+    as it was, C providers included.
+
+    Providers registered inside the block are removed on exit; providers
+    removed inside it come back in their old places.
+    """
+    saved = lib.ectls_save_core_use_outbound_tls_hook()
+    if saved == _NULL:
+        raise MemoryError("cannot save the provider list: out of memory")
+    try:
+        clear()
+        yield
+    finally:
+        error = lib.ectls_restore_core_use_outbound_tls_hook(saved)
+        lib.ectls_free_saved_core_use_outbound_tls_hook(saved)
+        if error:
+            raise MemoryError("cannot restore the provider list: out of memory")
 
 
 def _not_a_message(value: object) -> Exception:

@@ -64,6 +64,24 @@ int ectls_count_core_use_outbound_tls_hook(void);
  */
 int ectls_reclaim_core_use_outbound_tls_hook(void);
 
+/*
+ * Save the list's current order, and put it back later: for tests that
+ * need an empty or different list and must leave the process's list as
+ * they found it.  A saved list keeps its registrations alive (their
+ * destroy callbacks wait) until it is freed.
+ *
+ * _save returns NULL when memory runs out.  _restore makes the list
+ * exactly the saved one: registrations added since are removed (and
+ * destroyed once unreachable), removed ones come back in their saved
+ * places.  It returns 0, ENOMEM (list unchanged) or EINVAL (saved is
+ * NULL), and may be called more than once.  _free releases a saved list
+ * and accepts NULL.
+ */
+typedef struct ectls_saved_list ectls_saved_list;
+ectls_saved_list *ectls_save_core_use_outbound_tls_hook(void);
+int ectls_restore_core_use_outbound_tls_hook(const ectls_saved_list *saved);
+void ectls_free_saved_core_use_outbound_tls_hook(ectls_saved_list *saved);
+
 /* ---- Explaining a decision -------------------------------------------- */
 
 /* One provider's part in an explained call. */

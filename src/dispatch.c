@@ -56,6 +56,21 @@ struct registration {
   ectls_destroy_func_t *destroy;
   const struct ectls_plugin *plugin;
   const char *symbol;
+  /*
+   * Under list_lock.  A registration is destroyed once it is out of the
+   * list, no retired version that still awaits reclamation dropped it,
+   * and no saved list holds it.
+   */
+  int in_list;
+  int retiring; /* retired records that list it as removed */
+  int saved;    /* saved lists that hold it */
+  int mark;     /* scratch for restore */
+};
+
+/* A copy of the list's order, kept by ectls_save_...(). */
+struct ectls_saved_list {
+  int count;
+  struct registration **registrations;
 };
 
 /*
@@ -325,18 +340,21 @@ ECTLS_EXPORT int has_core_use_outbound_tls_hook(void) {
  * callbacks of the registrations that left, outside the lock because a
  * callback may register or call.
  */
+static void destroy_registrations(struct registration **list, int count) {
+  for (int i = 0; i < count; i++) {
+    if (list[i]->destroy != NULL)
+      list[i]->destroy(list[i]->closure);
+    free(list[i]);
+  }
+}
+
 static void finish_retired(struct retired *list) {
   while (list != NULL) {
     struct retired *next = list->next;
 
     if (list->version != &empty_version)
       free(list->version);
-    for (int i = 0; i < list->removed_count; i++) {
-      struct registration *registration = list->removed[i];
-      if (registration->destroy != NULL)
-        registration->destroy(registration->closure);
-      free(registration);
-    }
+    destroy_registrations(list->removed, list->removed_count);
     free(list->removed);
     free(list);
     list = next;
@@ -371,6 +389,17 @@ static struct retired *reclaim_locked(void) {
   }
   while (retired_head != NULL && retired_head->epoch <= oldest) {
     struct retired *done = retired_head;
+    int destroyed = 0;
+
+    /* Keep only the registrations that nothing references any more. */
+    for (int i = 0; i < done->removed_count; i++) {
+      struct registration *registration = done->removed[i];
+      registration->retiring--;
+      if (!registration->in_list && registration->retiring == 0 &&
+          registration->saved == 0)
+        done->removed[destroyed++] = registration;
+    }
+    done->removed_count = destroyed;
     retired_head = done->next;
     retired_count--;
     done->next = NULL;
@@ -446,6 +475,10 @@ ECTLS_HIDDEN int ectls_register_from(
   registration->destroy = destroy;
   registration->plugin = plugin;
   registration->symbol = symbol;
+  registration->in_list = 1;
+  registration->retiring = 0;
+  registration->saved = 0;
+  registration->mark = 0;
 
   pthread_mutex_lock(&list_lock);
   old = atomic_load_explicit(&shared.current, memory_order_relaxed);
@@ -540,6 +573,8 @@ static int remove_matching(int (*match)(const struct registration *,
   for (int i = 0; i < old->count; i++) {
     struct registration *registration = old->registrations[i];
     if (match(registration, key) && (!just_one || count == 0)) {
+      registration->in_list = 0;
+      registration->retiring++;
       removed[count++] = registration;
     } else {
       next->slots[kept] = old->slots[i];
@@ -591,6 +626,105 @@ ECTLS_EXPORT int ectls_clear_core_use_outbound_tls_hook(void) {
 
 ECTLS_HIDDEN int ectls_unregister_plugin(const struct ectls_plugin *plugin) {
   return remove_matching(match_plugin, plugin, 0);
+}
+
+ECTLS_EXPORT ectls_saved_list *ectls_save_core_use_outbound_tls_hook(void) {
+  ectls_saved_list *saved = calloc(1, sizeof *saved);
+  const struct version *version;
+
+  if (saved == NULL)
+    return NULL;
+  pthread_mutex_lock(&list_lock);
+  version = atomic_load_explicit(&shared.current, memory_order_relaxed);
+  if (version->count > 0) {
+    saved->registrations =
+        malloc((size_t)version->count * sizeof *saved->registrations);
+    if (saved->registrations == NULL) {
+      pthread_mutex_unlock(&list_lock);
+      free(saved);
+      return NULL;
+    }
+  }
+  saved->count = version->count;
+  for (int i = 0; i < version->count; i++) {
+    saved->registrations[i] = version->registrations[i];
+    saved->registrations[i]->saved++;
+  }
+  pthread_mutex_unlock(&list_lock);
+  return saved;
+}
+
+ECTLS_EXPORT int
+ectls_restore_core_use_outbound_tls_hook(const ectls_saved_list *saved) {
+  struct retired *record, *ready;
+  struct registration **removed;
+  struct version *next;
+  const struct version *old;
+  int count = 0;
+
+  if (saved == NULL)
+    return EINVAL;
+  pthread_mutex_lock(&list_lock);
+  old = atomic_load_explicit(&shared.current, memory_order_relaxed);
+  next = new_version(saved->count);
+  record = calloc(1, sizeof *record);
+  removed = malloc((size_t)(old->count + 1) * sizeof *removed);
+  if (next == NULL || record == NULL || removed == NULL) {
+    pthread_mutex_unlock(&list_lock);
+    if (next != &empty_version)
+      free(next);
+    free(record);
+    free(removed);
+    return ENOMEM;
+  }
+  for (int i = 0; i < saved->count; i++) {
+    struct registration *registration = saved->registrations[i];
+    registration->mark = 1;
+    next->slots[i].hook = registration->hook;
+    next->slots[i].closure = registration->closure;
+    next->registrations[i] = registration;
+  }
+  /* What is in the list now but not in the saved one leaves it. */
+  for (int i = 0; i < old->count; i++) {
+    struct registration *registration = old->registrations[i];
+    if (!registration->mark) {
+      registration->in_list = 0;
+      registration->retiring++;
+      removed[count++] = registration;
+    }
+  }
+  for (int i = 0; i < saved->count; i++) {
+    saved->registrations[i]->mark = 0;
+    saved->registrations[i]->in_list = 1;
+  }
+  record->removed = removed;
+  record->removed_count = count;
+  ready = publish_locked(next, record);
+  pthread_mutex_unlock(&list_lock);
+
+  finish_retired(ready);
+  return 0;
+}
+
+ECTLS_EXPORT void ectls_free_saved_core_use_outbound_tls_hook(
+    ectls_saved_list *saved) {
+  int destroyed = 0;
+
+  if (saved == NULL)
+    return;
+  pthread_mutex_lock(&list_lock);
+  for (int i = 0; i < saved->count; i++) {
+    struct registration *registration = saved->registrations[i];
+    registration->saved--;
+    if (!registration->in_list && registration->retiring == 0 &&
+        registration->saved == 0)
+      saved->registrations[destroyed++] = registration;
+  }
+  pthread_mutex_unlock(&list_lock);
+
+  destroy_registrations(saved->registrations, destroyed);
+  free(saved->registrations);
+  free(saved);
 }
 
 ECTLS_EXPORT int ectls_reclaim_core_use_outbound_tls_hook(void) {

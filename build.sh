@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build libectls, the example and test plugins and the C test harness,
-# then run the harness.
+# Build libectls, the example and test plugins, the C test harness and
+# the C benchmark, then run the harness.
 #
 # Usage: ./build.sh [--no-run]
 #   --no-run   build only, do not run the harness
@@ -50,6 +50,12 @@ build_plugins tests/plugins "$build_dir/tests/plugins"
   -o "$build_dir/tests/harness" -L"$lib_dir" -lectls \
   -Wl,-rpath,"$lib_dir" -ldl -lpthread
 echo "harness: $build_dir/tests/harness"
+
+mkdir -p "$build_dir/bench"
+"${cc[@]}" -std=c11 -O2 -Wall -Wextra -Werror -Iinclude bench/bench_dispatch.c \
+  -o "$build_dir/bench/bench_dispatch" -L"$lib_dir" -lectls \
+  -Wl,-rpath,"$lib_dir" -lpthread
+echo "benchmark: $build_dir/bench/bench_dispatch"
 
 if (( run_harness )); then
   echo "running the harness"

@@ -125,7 +125,9 @@ class Registration:
         self.func = func
         self.name = _name_of(func)
         self.first = first
-        self._handle: Any = ffi.new_handle(self)
+        # The handle leads to the function itself, which saves the
+        # provider call an attribute lookup; _by_address leads back here.
+        self._handle: Any = ffi.new_handle(func)
         self._registered = False
         _by_address[_address(self._handle)] = self
 
@@ -166,11 +168,21 @@ class Registration:
         return f"<Registration {self.name} ({where}, {state})>"
 
 
+def _registration_at(closure: Any) -> Optional[Registration]:
+    return _by_address.get(_address(closure))
+
+
+def _name_at(closure: Any) -> str:
+    registration = _registration_at(closure)
+    return registration.name if registration is not None else "(unregistered)"
+
+
 @ffi.def_extern(name="ectls_py_destroy")
 def _destroy(closure: Any) -> None:
-    registration = ffi.from_handle(closure)
+    # _live holds the registration until here, so the weak lookup finds it.
+    registration = _registration_at(closure)
     with _live_lock:
-        _live.discard(registration)
+        _live.discard(registration)  # type: ignore[arg-type]
 
 
 def _provider_fault(exc_type: type, exc_value: BaseException, traceback: Any) -> None:
@@ -183,7 +195,7 @@ def _provider_fault(exc_type: type, exc_value: BaseException, traceback: Any) ->
     )
 
 
-def _result_code(registration: Registration, result: object) -> int:
+def _result_code(closure: Any, result: object) -> int:
     """Map a provider's result to decision plus one, failing closed.
 
     Members are compared by identity and plain ints by value: IntEnum's
@@ -201,15 +213,15 @@ def _result_code(registration: Registration, result: object) -> int:
     logger.error(
         "Python provider %s returned %r, which is not a decision "
         "(UseTLS or 0, 1, 2); the call yields REQUIRED",
-        registration.name,
+        _name_at(closure),
         result,
     )
     return _FAIL_CLOSED
 
 
-def _log_raised(registration: Registration) -> int:
+def _log_raised(closure: Any) -> int:
     logger.exception(
-        "Python provider %s raised; the call yields REQUIRED", registration.name
+        "Python provider %s raised; the call yields REQUIRED", _name_at(closure)
     )
     return _FAIL_CLOSED
 
@@ -220,11 +232,10 @@ _from_handle = ffi.from_handle
 @ffi.def_extern(name="ectls_py_provider", error=_FAIL_CLOSED, onerror=_provider_fault)
 def _run_provider(closure: Any, owner: Any) -> int:
     """Run a provider on the caller's own Message (the hot path)."""
-    registration: Registration = _from_handle(closure)
     try:
-        result = registration.func(_from_handle(owner))
+        result = _from_handle(closure)(_from_handle(owner))
     except Exception:
-        return _log_raised(registration)
+        return _log_raised(closure)
     # The members' checks of _result_code, inlined for speed.
     if result is _NO:
         return 1
@@ -232,7 +243,7 @@ def _run_provider(closure: Any, owner: Any) -> int:
         return 2
     if result is _REQUIRED:
         return 3
-    return _result_code(registration, result)
+    return _result_code(closure, result)
 
 
 @ffi.def_extern(
@@ -240,18 +251,17 @@ def _run_provider(closure: Any, owner: Any) -> int:
 )
 def _run_provider_on_c_message(closure: Any, c_message: Any) -> int:
     """Run a provider on a message that C made, or on NULL (None)."""
-    registration: Registration = _from_handle(closure)
     borrowed = Message._borrow(c_message) if c_message else None
     try:
-        result = registration.func(borrowed)
+        result = _from_handle(closure)(borrowed)
     except Exception:
-        return _log_raised(registration)
+        return _log_raised(closure)
     finally:
         # C frees the message after the call, so the wrapper must not
         # outlive it.
         if borrowed is not None:
             borrowed._release()
-    return _result_code(registration, result)
+    return _result_code(closure, result)
 
 
 def register_first(func: ProviderFunc) -> Registration:
@@ -301,11 +311,12 @@ def call(message: Optional[Message]) -> UseTLS:
 
     ``message`` may be None, which providers see as a NULL message.
     """
-    if message is None:
-        return _DECISIONS[_call(_NULL)]
     try:
-        return _DECISIONS[_call(message._c_message)]
+        return _DECISIONS[_call(message._c_message)]  # type: ignore[union-attr]
     except (AttributeError, TypeError):
+        # None lands here too, off the path of calls with a Message.
+        if message is None:
+            return _DECISIONS[_call(_NULL)]
         raise _not_a_message(message) from None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+from typing import Any, Callable, TypeVar
 
 try:
     from ectls._ectls_cffi import ffi, lib
@@ -23,12 +24,21 @@ except ImportError as error:  # pragma: no cover - depends on the install
         "outside the source tree, or build in place with pip install -e ."
     ) from error
 
-__all__ = ["ffi", "lib", "logger"]
+__all__ = ["def_extern", "ffi", "lib", "logger"]
 
 logger = logging.getLogger("ectls")
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-@ffi.def_extern(name="ectls_py_log")
+
+def def_extern(name: str, **options: Any) -> Callable[[_F], _F]:
+    """Attach Python code to an extern "Python" function; ffi.def_extern
+    with the types kept for the type checker."""
+    decorator: Callable[[_F], _F] = ffi.def_extern(name=name, **options)
+    return decorator
+
+
+@def_extern(name="ectls_py_log")
 def _forward_log_record(level: int, message: object) -> None:
     logger.log(level, "%s", ffi.string(message).decode("utf-8", "replace"))
 

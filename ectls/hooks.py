@@ -38,7 +38,7 @@ from typing import (
     overload,
 )
 
-from ectls._binding import ffi, lib, logger
+from ectls._binding import def_extern, ffi, lib, logger
 from ectls.message import Message
 
 __all__ = [
@@ -83,7 +83,7 @@ _FAIL_CLOSED = int(UseTLS.REQUIRED) + 1
 _BRIDGE = ffi.addressof(lib, "ectls_bridge_provider")
 _DESTROY = ffi.addressof(lib, "ectls_bridge_destroy")
 _NULL = ffi.NULL
-_call = lib.call_core_use_outbound_tls_hook
+_call: Callable[[Any], int] = lib.call_core_use_outbound_tls_hook
 
 # Registrations that C may still call.  A registration leaves this set
 # only when libectls runs its destroy callback, that is once no call can
@@ -177,12 +177,12 @@ def _name_at(closure: Any) -> str:
     return registration.name if registration is not None else "(unregistered)"
 
 
-@ffi.def_extern(name="ectls_py_destroy")
+@def_extern(name="ectls_py_destroy")
 def _destroy(closure: Any) -> None:
     # _live holds the registration until here, so the weak lookup finds it.
     registration = _registration_at(closure)
     with _live_lock:
-        _live.discard(registration)  # type: ignore[arg-type]
+        _live.discard(registration)
 
 
 def _provider_fault(exc_type: type, exc_value: BaseException, traceback: Any) -> None:
@@ -208,8 +208,8 @@ def _result_code(closure: Any, result: object) -> int:
         return 2
     if result is _REQUIRED:
         return 3
-    if result.__class__ is int and 0 <= result <= 2:  # type: ignore[operator]
-        return result + 1  # type: ignore[operator, no-any-return]
+    if result.__class__ is int and 0 <= result <= 2:
+        return result + 1
     logger.error(
         "Python provider %s returned %r, which is not a decision "
         "(UseTLS or 0, 1, 2); the call yields REQUIRED",
@@ -229,7 +229,7 @@ def _log_raised(closure: Any) -> int:
 _from_handle = ffi.from_handle
 
 
-@ffi.def_extern(name="ectls_py_provider", error=_FAIL_CLOSED, onerror=_provider_fault)
+@def_extern(name="ectls_py_provider", error=_FAIL_CLOSED, onerror=_provider_fault)
 def _run_provider(closure: Any, owner: Any) -> int:
     """Run a provider on the caller's own Message (the hot path)."""
     try:
@@ -246,7 +246,7 @@ def _run_provider(closure: Any, owner: Any) -> int:
     return _result_code(closure, result)
 
 
-@ffi.def_extern(
+@def_extern(
     name="ectls_py_provider_c_message", error=_FAIL_CLOSED, onerror=_provider_fault
 )
 def _run_provider_on_c_message(closure: Any, c_message: Any) -> int:

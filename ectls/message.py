@@ -31,7 +31,8 @@ def _encode(value: str, what: str) -> bytes:
 
 
 def _decode(pointer: object) -> str:
-    return ffi.string(pointer).decode("utf-8", "surrogateescape")
+    text: str = ffi.string(pointer).decode("utf-8", "surrogateescape")
+    return text
 
 
 class _Context(MutableMapping[str, str]):
@@ -287,7 +288,7 @@ class Message:
 
 def _bare(decorated: object, prefix: bytes) -> Optional[str]:
     """Strip the SMTP decoration that libectls adds around an address."""
-    line = ffi.string(decorated)
+    line: bytes = ffi.string(decorated)
     if not line:
         return None
     return line[len(prefix) : -len(_SUFFIX)].decode("utf-8", "surrogateescape")

@@ -6,7 +6,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Type, Union
+from typing import Dict, Literal, Optional, Tuple, Type, Union
 
 from ectls._binding import ffi, lib
 from ectls.errors import (
@@ -112,7 +112,7 @@ def _elf_identity(path: str) -> Optional[Tuple[int, int]]:
         return None
     if len(header) < 20 or header[:4] != b"\x7fELF":
         return None
-    byte_order = "little" if header[5] == 1 else "big"
+    byte_order: Literal["little", "big"] = "little" if header[5] == 1 else "big"
     return header[4], int.from_bytes(header[18:20], byte_order)
 
 

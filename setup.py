@@ -1,8 +1,9 @@
 """Build ectls: libectls.so first, then the cffi module linked against it.
 
 The package ships libectls.so beside the cffi module (found through an
-rpath of $ORIGIN) and a copy of include/ for C code built against an
-installed ectls.  include/ in the source tree stays the only original.
+rpath of $ORIGIN), and a copy of include/ and ectls.pc (from
+ectls/ectls.pc.in) for C code built against an installed ectls.
+include/ in the source tree stays the only original.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class BuildWithLibrary(build_ext):
         if headers.exists():
             shutil.rmtree(headers)
         shutil.copytree(ROOT / "include", headers)
+        template = (ROOT / "ectls" / "ectls.pc.in").read_text()
+        version = self.distribution.get_version()
+        (package_dir / "ectls.pc").write_text(template.replace("@VERSION@", version))
 
         super().run()
 

@@ -1,8 +1,10 @@
-"""Command line: ``python -m ectls decide`` and friends.
+"""Command line: ``python -m ectls decide``, ``send`` and ``config``.
 
-Exit status follows sysexits.h: 0 success, 64 bad command line, 66 an
-input file could not be read, 78 a plugin or Python provider could not
-be loaded.
+Exit status follows sysexits.h.  Every command returns 0 for success and
+64 for a bad command line, and 78 when a plugin or Python provider could
+not be loaded.  decide and send return 66 when an input file could not
+be read.  send also returns 65 for a file without sender or recipient,
+69 when a message failed (5xx) and 75 when one was deferred.
 """
 
 from __future__ import annotations
@@ -12,15 +14,28 @@ import importlib
 import json
 import os
 import re
+import ssl
 import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import ectls
+from ectls import config as _config
+from ectls.delivery import (
+    DEFAULT_DATA_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    DeliveryResult,
+    DeliveryStatus,
+    InvalidMessageError,
+    deliver,
+)
 from ectls.errors import Error, MessageError
 
 EX_OK = 0
 EX_USAGE = 64
+EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -122,7 +137,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Run Momentum's use_outbound_tls policy hooks, C and Python, "
         "without Momentum.",
         epilog="exit status: 0 success, 64 bad command line, 66 an input file "
-        "could not be read, 78 a provider could not be loaded",
+        "could not be read, 78 a provider could not be loaded; send adds 65, "
+        "69 and 75 (see send --help)",
     )
     parser.add_argument(
         "--version", action="version", version=f"ectls {ectls.__version__}"
@@ -158,7 +174,293 @@ def _build_parser() -> argparse.ArgumentParser:
     decide.add_argument(
         "files", nargs="+", metavar="FILE", help="RFC 5322 message file"
     )
+    _add_send_parser(commands)
+    _add_config_parser(commands)
     return parser
+
+
+# ---- send ---------------------------------------------------------------
+
+
+def _server_address(text: str) -> Tuple[str, int]:
+    """Parse ``HOST:PORT``; an IPv6 address goes in brackets."""
+    host, colon, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    if (
+        not colon
+        or not host
+        or (":" in host and not bracketed)
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+    ):
+        raise argparse.ArgumentTypeError(
+            f"invalid server {text!r}: expected HOST:PORT with a port from 1 "
+            "to 65535, e.g. mx.example.com:25 or [2001:db8::1]:25"
+        )
+    return host, int(port)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r}: expected a number of seconds above 0"
+        )
+    return value
+
+
+def _add_send_parser(commands: Any) -> None:
+    send = commands.add_parser(
+        "send",
+        help="deliver RFC 5322 message files over SMTP under the TLS decision",
+        description="Deliver each RFC 5322 file to one SMTP server, using TLS "
+        "as the providers decide: NO never sends STARTTLS, IFAVAILABLE sends "
+        "it when the server offers it, REQUIRED defers the message unless TLS "
+        "is established.  The envelope comes from --mailfrom/--rcpt, else "
+        "from the Return-Path and the first To address.  One line per file "
+        "goes to standard output.",
+        epilog="exit status: 0 every message delivered, 64 bad command line, "
+        "65 a file has no sender or recipient, 66 a file or the --cafile "
+        "could not be read, 69 a message failed (5xx reply), 75 a message "
+        "was deferred (4xx reply, connection problem, or TLS the decision "
+        "needs), 78 a provider could not be loaded.  When files end "
+        "differently, the first of 66, 65, 69 and 75 that applies is the "
+        "exit status.",
+    )
+    send.add_argument(
+        "--server",
+        required=True,
+        type=_server_address,
+        metavar="HOST:PORT",
+        help="SMTP server to deliver to, e.g. mx.example.com:25",
+    )
+    _add_provider_options(send)
+    send.add_argument(
+        "--mailfrom",
+        metavar="ADDR",
+        help='envelope sender for every file, in place of Return-Path ("" is '
+        "the null sender)",
+    )
+    send.add_argument(
+        "--rcpt",
+        metavar="ADDR",
+        help="envelope recipient for every file, in place of To",
+    )
+    send.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per file (JSON Lines)",
+    )
+    _add_send_tls_options(send)
+    _add_send_session_options(send)
+    send.add_argument("files", nargs="+", metavar="FILE", help="RFC 5322 message file")
+
+
+def _add_send_tls_options(send: argparse.ArgumentParser) -> None:
+    tls = send.add_argument_group("TLS")
+    tls.add_argument(
+        "--no-ifavailable-fallback",
+        dest="ifavailable_fallback",
+        action="store_false",
+        help="under IFAVAILABLE, defer a message whose STARTTLS upgrade fails "
+        "(default: send it in plaintext on a new connection)",
+    )
+    tls.add_argument(
+        "--cafile",
+        metavar="FILE",
+        help="PEM file of the CA certificates that verify the server, in "
+        "place of the system's",
+    )
+    verification = tls.add_mutually_exclusive_group()
+    verification.add_argument(
+        "--verify",
+        dest="verify",
+        action="store_const",
+        const=True,
+        help="verify the server's certificate under IFAVAILABLE too (default: "
+        "only under REQUIRED)",
+    )
+    verification.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_const",
+        const=False,
+        help="verify no certificate, not even under REQUIRED",
+    )
+
+
+def _add_send_session_options(send: argparse.ArgumentParser) -> None:
+    session = send.add_argument_group("SMTP session")
+    session.add_argument(
+        "--helo",
+        metavar="NAME",
+        help="name to send with EHLO and HELO (default: the fully qualified "
+        "name of this host)",
+    )
+    session.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="seconds to wait for the connection and for each reply "
+        f"(default: {DEFAULT_TIMEOUT:g})",
+    )
+    session.add_argument(
+        "--data-timeout",
+        type=_seconds,
+        default=DEFAULT_DATA_TIMEOUT,
+        metavar="SECONDS",
+        help="seconds to wait for each step of the DATA phase, including the "
+        f"reply to the message (default: {DEFAULT_DATA_TIMEOUT:g})",
+    )
+
+
+_EXIT_STATUS = {
+    DeliveryStatus.DELIVERED: EX_OK,
+    DeliveryStatus.DEFERRED: EX_TEMPFAIL,
+    DeliveryStatus.FAILED: EX_UNAVAILABLE,
+}
+# When files end differently, the first of these that occurred wins.
+_EXIT_PRECEDENCE = (EX_NOINPUT, EX_DATAERR, EX_UNAVAILABLE, EX_TEMPFAIL)
+
+
+def _format_delivery(path: str, result: DeliveryResult) -> str:
+    if result.decided_by:
+        decided = f"decided by {result.decided_by}"
+    else:
+        decided = "no provider decided"
+    if result.tls:
+        tls = f"TLS {result.tls_version} {result.tls_cipher}"
+        if not result.tls_verified:
+            tls += " (not verified)"
+    elif result.plaintext_fallback:
+        tls = "no TLS (plaintext fallback)"
+    else:
+        tls = "no TLS"
+    if result.reply_code is None:
+        reply = "no reply"
+    else:
+        text = (result.reply_text or "").replace("\n", " ")
+        reply = f"reply {result.reply_code} {text}".rstrip()
+    parts = [
+        result.status.value,
+        f"decision {result.decision.name} ({decided})",
+        tls,
+        reply,
+    ]
+    if not result.delivered or result.plaintext_fallback:
+        parts.append(result.reason)
+    return f"{path}: " + "; ".join(parts)
+
+
+def _report_input_error(path: str, reason: str, as_json: bool) -> None:
+    _error(f"{path}: {reason}")
+    if as_json:
+        print(json.dumps({"file": path, "error": reason}), flush=True)
+
+
+def _send_one(path: str, server: Tuple[str, int], args: argparse.Namespace) -> int:
+    """Deliver one file and print its line; return its exit status."""
+    try:
+        message = ectls.Message.from_file(
+            path, mailfrom=args.mailfrom, rcptto=args.rcpt
+        )
+        result = deliver(
+            message,
+            server[0],
+            server[1],
+            helo_name=args.helo,
+            ifavailable_fallback=args.ifavailable_fallback,
+            verify=args.verify,
+            cafile=args.cafile,
+            timeout=args.timeout,
+            data_timeout=args.data_timeout,
+        )
+    except OSError as error:
+        _report_input_error(path, error.strerror or str(error), args.json)
+        return EX_NOINPUT
+    except (MessageError, InvalidMessageError) as error:
+        _report_input_error(path, str(error), args.json)
+        return EX_DATAERR
+
+    if args.json:
+        record = {
+            "file": path,
+            "mailfrom": message.mailfrom,
+            "rcptto": message.rcptto,
+            **result.to_dict(),
+        }
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+    else:
+        print(_format_delivery(path, result), flush=True)
+    return _EXIT_STATUS[result.status]
+
+
+def _run_send(args: argparse.Namespace) -> int:
+    if args.cafile is not None:
+        # Load once here, so that a bad file is one error, not one per file.
+        try:
+            ssl.create_default_context(cafile=args.cafile)
+        except OSError as error:  # ssl.SSLError included
+            _error(
+                f"--cafile {args.cafile}: cannot load CA certificates: "
+                f"{error.strerror or error}"
+            )
+            return EX_NOINPUT
+    statuses = {_send_one(path, args.server, args) for path in args.files}
+    for status in _EXIT_PRECEDENCE:
+        if status in statuses:
+            return status
+    return EX_OK
+
+
+# ---- config -------------------------------------------------------------
+
+_CONFIG_HELP = {
+    "cflags": "compiler flags for the ectls headers (-I)",
+    "libs": "linker flags for libectls.so: -L, -lectls and an rpath, so the "
+    "program finds the library at run time",
+    "includedir": "directory of ectls.h, ec_message.h and hooks/",
+    "libdir": "directory of libectls.so",
+    "pkgconfigdir": "directory of ectls.pc, for PKG_CONFIG_PATH",
+}
+
+
+def _add_config_parser(commands: Any) -> None:
+    config = commands.add_parser(
+        "config",
+        help="print compiler and linker flags for C code built against the "
+        "installed ectls",
+        description="Print the flags and directories of the installed ectls, "
+        "as python3-config does for Python, on one line in the order given.  "
+        "A plugin needs --cflags only; a program that calls the list needs "
+        "--cflags and --libs.  pkg-config gives the same flags with "
+        'PKG_CONFIG_PATH="$(python -m ectls config --pkgconfigdir)".',
+        epilog="exit status: 0 success, 64 bad command line (no option given)",
+    )
+    for name in _config.ITEMS:
+        config.add_argument(
+            f"--{name}",
+            dest="config_items",
+            action="append_const",
+            const=name,
+            help=_CONFIG_HELP[name],
+        )
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    if not args.config_items:
+        options = ", ".join(f"--{name}" for name in _config.ITEMS)
+        _error(f"config: give at least one of {options}")
+        return EX_USAGE
+    words = [word for name in args.config_items for word in _config.ITEMS[name]()]
+    print(" ".join(words), flush=True)
+    return EX_OK
 
 
 def _warn(text: str) -> None:
@@ -244,6 +546,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # argparse exits 2 on bad usage; sysexits says 64.
         return EX_USAGE if exit_request.code == 2 else int(exit_request.code or 0)
 
+    if args.command == "config":
+        return _run_config(args)
+
     try:
         register_providers(args.providers or [])
     except _UsageError as error:
@@ -253,4 +558,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _error(str(error))
         return EX_CONFIG
 
+    if args.command == "send":
+        return _run_send(args)
     return _run_decide(args)

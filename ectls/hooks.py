@@ -77,7 +77,8 @@ _DECISIONS: Tuple[UseTLS, ...] = (UseTLS.NO, UseTLS.IFAVAILABLE, UseTLS.REQUIRED
 _NO = UseTLS.NO
 _IFAVAILABLE = UseTLS.IFAVAILABLE
 _REQUIRED = UseTLS.REQUIRED
-# What the trampolines return: the decision plus one, see the module doc.
+# Return value of the trampolines: the decision plus one (see the module
+# docstring).
 _FAIL_CLOSED = int(UseTLS.REQUIRED) + 1
 
 _BRIDGE = ffi.addressof(lib, "ectls_bridge_provider")
@@ -179,7 +180,7 @@ def _name_at(closure: Any) -> str:
 
 @def_extern(name="ectls_py_destroy")
 def _destroy(closure: Any) -> None:
-    # _live holds the registration until here, so the weak lookup finds it.
+    # _live keeps the registration alive until here, so the weak lookup finds it.
     registration = _registration_at(closure)
     with _live_lock:
         _live.discard(registration)
@@ -367,7 +368,7 @@ class Provider:
     language: str
     """"python" or "c"."""
     plugin: Optional[str] = None
-    """Path of the plugin or shared object that holds a C provider."""
+    """Path of the plugin or shared object that contains a C provider."""
 
     def __str__(self) -> str:
         if self.plugin:
@@ -384,7 +385,7 @@ class Step:
     """The value the provider returned to C (for a Python provider, the
     decision after the fail-closed rule)."""
     decision: UseTLS
-    """What the call rule made of it."""
+    """The decision the call rule made of the returned value."""
 
 
 @dataclass(frozen=True)
@@ -397,7 +398,7 @@ class Explanation:
 
     @property
     def decided_by(self) -> Optional[Provider]:
-        """The provider whose answer ended the call; None when every
+        """The provider whose return value ended the call; None when every
         provider returned NO or none is registered."""
         if self.steps and self.steps[-1].decision is not UseTLS.NO:
             return self.steps[-1].provider

@@ -29,8 +29,14 @@
  * store, or the call's load comes after the barrier and sees the new
  * version.  Where membarrier is unavailable, calls use a real fence.
  * Writers never wait for calls, so a provider may register, unregister
- * or call the list itself.  Reclamation runs every RECLAIM_BATCH retired
- * versions and on ectls_reclaim_core_use_outbound_tls_hook().
+ * or call the list itself.
+ *
+ * When to reclaim.  Each membarrier interrupts every running caller, so
+ * writers reclaim only once RECLAIM_BATCH versions are waiting and at
+ * most once per RECLAIM_INTERVAL_NS, unless the waiting versions exceed
+ * RECLAIM_MAX_BYTES, which bounds the memory a writer in a tight loop
+ * can leave behind.  ectls_reclaim_core_use_outbound_tls_hook() reclaims
+ * at once.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -44,10 +50,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CACHE_LINE 64
 #define RECLAIM_BATCH 64
+#define RECLAIM_INTERVAL_NS 1000000 /* 1 ms */
+#define RECLAIM_MAX_BYTES (1 << 20)
 
 /* One registration; lives until its last version is reclaimed. */
 struct registration {
@@ -120,6 +129,8 @@ static struct {
 static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct retired *retired_head, *retired_tail;
 static int retired_count;
+static size_t retired_bytes;
+static uint64_t last_reclaim_ns;
 
 /*
  * Stands in for a reader record when none can be allocated.  It heads
@@ -361,6 +372,20 @@ static void finish_retired(struct retired *list) {
   }
 }
 
+static uint64_t monotonic_ns(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+/* Memory a retired version keeps until it is reclaimed, record included. */
+static size_t retired_size(const struct retired *record) {
+  return sizeof *record + sizeof *record->version +
+         (size_t)record->version->count *
+             (sizeof(struct slot) + sizeof(struct registration *)) +
+         (size_t)record->removed_count * sizeof(struct registration *);
+}
+
 /*
  * Detach the retired versions that no call can reach.  Called with
  * list_lock held; returns them for finish_retired().
@@ -371,6 +396,7 @@ static struct retired *reclaim_locked(void) {
 
   if (retired_head == NULL || reclaim_disabled)
     return NULL;
+  last_reclaim_ns = monotonic_ns();
   if (atomic_load_explicit(&shared.reader_fence, memory_order_relaxed))
     atomic_thread_fence(memory_order_seq_cst);
   else if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0)) {
@@ -391,6 +417,7 @@ static struct retired *reclaim_locked(void) {
     struct retired *done = retired_head;
     int destroyed = 0;
 
+    retired_bytes -= retired_size(done);
     /* Keep only the registrations that nothing references any more. */
     for (int i = 0; i < done->removed_count; i++) {
       struct registration *registration = done->removed[i];
@@ -432,7 +459,10 @@ static struct retired *publish_locked(struct version *next,
     retired_head = record;
   retired_tail = record;
   retired_count++;
-  if (retired_count >= RECLAIM_BATCH)
+  retired_bytes += retired_size(record);
+  if (retired_count >= RECLAIM_BATCH &&
+      (retired_bytes >= RECLAIM_MAX_BYTES ||
+       monotonic_ns() - last_reclaim_ns >= RECLAIM_INTERVAL_NS))
     return reclaim_locked();
   return NULL;
 }

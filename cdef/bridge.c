@@ -10,6 +10,7 @@
  * plus one, and everything outside 1..3 fails closed here.
  */
 #include <stdio.h>
+#include <time.h>
 
 #include "ectls.h"
 
@@ -29,23 +30,54 @@ void ectls_py_log(int level, const char *message);
  * shutting down and no Python provider is entered. */
 static int python_exiting;
 
+/* Bridge calls that are running Python code now, on any thread. */
+static int python_calls;
+
+/* How long exit waits for calls already inside Python, in milliseconds. */
+#define EXIT_WAIT_MS 2000
+
+/*
+ * Stop entering Python, then wait for the calls already inside it, so a
+ * C thread's call returns its answer instead of being cut off when the
+ * interpreter ends the thread.  ectls' atexit handler calls this through
+ * cffi, which releases the GIL, so those calls can finish.
+ */
 static void ectls_bridge_set_exiting(void) {
+  struct timespec millisecond = {0, 1000000};
+
   __atomic_store_n(&python_exiting, 1, __ATOMIC_SEQ_CST);
+  for (int waited = 0; waited < EXIT_WAIT_MS &&
+                       __atomic_load_n(&python_calls, __ATOMIC_SEQ_CST) > 0;
+       waited++)
+    nanosleep(&millisecond, NULL);
 }
 
-/* Returns 1 while Python code can run: the interpreter is initialised and
- * ectls' atexit handler has not run.  (The limited C API that the module
- * is built against has no test for finalization itself.) */
-static int python_can_run(void) {
-  return Py_IsInitialized() && !__atomic_load_n(&python_exiting,
-                                                __ATOMIC_SEQ_CST);
+/*
+ * Count a call into Python and return 1 when Python code can run: the
+ * interpreter is initialised and ectls' atexit handler has not run.  On 0
+ * the call is not counted.  Counting before testing the flag means
+ * ectls_bridge_set_exiting() either sees this call or this call sees the
+ * flag.  (The limited C API that the module is built against has no test
+ * for finalization itself.)
+ */
+static int enter_python(void) {
+  __atomic_add_fetch(&python_calls, 1, __ATOMIC_SEQ_CST);
+  if (Py_IsInitialized() && !__atomic_load_n(&python_exiting,
+                                             __ATOMIC_SEQ_CST))
+    return 1;
+  __atomic_sub_fetch(&python_calls, 1, __ATOMIC_SEQ_CST);
+  return 0;
+}
+
+static void leave_python(void) {
+  __atomic_sub_fetch(&python_calls, 1, __ATOMIC_SEQ_CST);
 }
 
 static int ectls_bridge_provider(void *closure, email_message *message) {
   void *owner;
   int biased;
 
-  if (!python_can_run()) {
+  if (!enter_python()) {
     fputs("ectls: error: a Python provider was called while the Python "
           "interpreter is not running or is exiting; the call yields "
           "EC_USE_TLS_REQUIRED\n", stderr);
@@ -56,6 +88,7 @@ static int ectls_bridge_provider(void *closure, email_message *message) {
     biased = ectls_py_provider(closure, owner);
   else
     biased = ectls_py_provider_c_message(closure, message);
+  leave_python();
   if (biased < 1 || biased > 3) {
     /* 0 is cffi's answer when the Python half could not run at all; the
      * Python half logs every fault it sees itself. */
@@ -70,15 +103,19 @@ static int ectls_bridge_provider(void *closure, email_message *message) {
 /* A registration's closure is released only while Python runs; during
  * finalization the interpreter frees everything itself. */
 static void ectls_bridge_destroy(void *closure) {
-  if (python_can_run())
+  if (enter_python()) {
     ectls_py_destroy(closure);
+    leave_python();
+  }
 }
 
 static void ectls_bridge_log(void *closure, int level, const char *message) {
   (void)closure;
-  if (python_can_run())
+  if (enter_python()) {
     ectls_py_log(level, message);
-  else
+    leave_python();
+  } else {
     fprintf(stderr, "ectls: %s: %s\n",
             level >= ECTLS_LOG_ERROR ? "error" : "warning", message);
+  }
 }

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import threading
 import weakref
 from dataclasses import dataclass
@@ -92,6 +93,17 @@ _call: Callable[[Any], int] = lib.call_core_use_outbound_tls_hook
 # caller keeps working.
 _live: set[Registration] = set()
 _live_lock = threading.Lock()
+
+
+def _reset_live_lock() -> None:
+    # A child forked while another thread held the lock would wait for
+    # it forever; the child has only the forking thread.
+    global _live_lock
+    _live_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_live_lock)
 
 # Registrations by handle address, for explain(): a trace may name a
 # registration that another thread removed and released meanwhile, and a
@@ -187,13 +199,26 @@ def _destroy(closure: Any) -> None:
 
 
 def _provider_fault(exc_type: type, exc_value: BaseException, traceback: Any) -> None:
-    """Log what escaped _run_provider (only BaseException subclasses that
-    are not Exception can); cffi then returns _FAIL_CLOSED."""
+    """Log what escaped a trampoline (a BaseException that is not an
+    Exception, such as KeyboardInterrupt); cffi then returns
+    _FAIL_CLOSED."""
+    # The first frame is the trampoline's, whose closure names the provider.
+    closure = traceback.tb_frame.f_locals.get("closure") if traceback else None
+    name = _name_at(closure) if closure is not None else "(unknown)"
     logger.error(
-        "Python provider interrupted by %s; the call yields REQUIRED",
+        "Python provider %s was interrupted by %s; the call yields REQUIRED",
+        name,
         exc_type.__name__,
         exc_info=(exc_type, exc_value, traceback),
     )
+
+
+def _describe_value(value: object) -> str:
+    """Return repr(value), or a stand-in when repr() itself fails."""
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object whose repr() failed>"
 
 
 def _result_code(closure: Any, result: object) -> int:
@@ -209,13 +234,14 @@ def _result_code(closure: Any, result: object) -> int:
         return 2
     if result is _REQUIRED:
         return 3
-    if result.__class__ is int and 0 <= result <= 2:
+    # type() rather than __class__, which an object can make raise.
+    if type(result) is int and 0 <= result <= 2:
         return result + 1
     logger.error(
-        "Python provider %s returned %r, which is not a decision "
+        "Python provider %s returned %s, which is not a decision "
         "(UseTLS or 0, 1, 2); the call yields REQUIRED",
         _name_at(closure),
-        result,
+        _describe_value(result),
     )
     return _FAIL_CLOSED
 
@@ -313,12 +339,17 @@ def call(message: Optional[Message]) -> UseTLS:
     ``message`` may be None, which providers see as a NULL message.
     """
     try:
-        return _DECISIONS[_call(message._c_message)]  # type: ignore[union-attr]
-    except (AttributeError, TypeError):
+        pointer = message._c_message  # type: ignore[union-attr]
+    except AttributeError:
         # None lands here too, off the path of calls with a Message.
-        if message is None:
-            return _DECISIONS[_call(_NULL)]
-        raise _not_a_message(message) from None
+        if message is not None:
+            raise _not_a_message(message) from None
+        pointer = _NULL
+    if pointer is None:
+        message._pointer()  # type: ignore[union-attr]  # raises MessageError
+    # Outside the except clause, so a provider's logged traceback is not
+    # chained to the AttributeError above.
+    return _DECISIONS[_call(pointer)]
 
 
 def clear() -> int:

@@ -27,7 +27,12 @@ def _encode(value: str, what: str) -> bytes:
         raise TypeError(f"{what} must be a str, not {type(value).__name__}")
     if "\0" in value:
         raise MessageError(f"{what} contains a NUL character: {value!r}")
-    return value.encode("utf-8", "surrogateescape")
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as error:
+        raise MessageError(
+            f"{what} cannot be encoded as UTF-8 ({error.reason}): {value!r}"
+        ) from None
 
 
 def _decode(pointer: object) -> str:

@@ -521,10 +521,12 @@ ECTLS_HIDDEN int ectls_register_from(
   }
   /* First prepends, last appends; no sorting. */
   int at = first ? 0 : old->count, shift = first ? 1 : 0;
-  memcpy(next->slots + shift, old->slots,
-         (size_t)old->count * sizeof(struct slot));
-  memcpy(next->registrations + shift, old->registrations,
-         (size_t)old->count * sizeof(struct registration *));
+  if (old->count > 0) { /* the empty version has no arrays */
+    memcpy(next->slots + shift, old->slots,
+           (size_t)old->count * sizeof(struct slot));
+    memcpy(next->registrations + shift, old->registrations,
+           (size_t)old->count * sizeof(struct registration *));
+  }
   next->slots[at].hook = hook;
   next->slots[at].closure = closure;
   next->registrations[at] = registration;

@@ -21,6 +21,7 @@ import re
 import subprocess
 from pathlib import Path
 from types import ModuleType
+from typing import Dict, Optional
 
 import pytest
 
@@ -145,10 +146,12 @@ def build_against_library(compiler: str, output: Path) -> subprocess.CompletedPr
     return subprocess.run(command, capture_output=True, text=True)
 
 
-def run_stress(program: Path, seconds: float) -> subprocess.CompletedProcess:
+def run_stress(
+    program: Path, seconds: float, extra_env: Optional[Dict[str, str]] = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(program), f"{seconds:g}"],
-        env={**os.environ, **SANITIZER_OPTIONS},
+        env={**os.environ, **SANITIZER_OPTIONS, **(extra_env or {})},
         capture_output=True,
         text=True,
         timeout=seconds + 180,
@@ -191,6 +194,19 @@ def test_stress_under_sanitizer(sanitizer, c_compiler, tmp_path):
 
     assert built.returncode == 0, built.stderr
     result = run_stress(program, stress_seconds())
+    check_run(result, lock_probe_expected=True)
+
+
+def test_stress_reader_fence_fallback(c_compiler, tmp_path):
+    """Calls that fence themselves, as where membarrier is missing."""
+    flags = SANITIZERS["asan-ubsan"]
+    require_sanitizer(c_compiler, flags, tmp_path)
+    program = tmp_path / "stress-fenced"
+
+    built = build_with_sources(c_compiler, flags, program)
+
+    assert built.returncode == 0, built.stderr
+    result = run_stress(program, stress_seconds(), {"ECTLS_READER_FENCE": "1"})
     check_run(result, lock_probe_expected=True)
 
 

@@ -109,10 +109,10 @@ void ectls_message_free(ec_message *message);
 
 /*
  * Set the envelope sender or recipient, given bare (without "<>").  The
- * empty string is the null sender.  Returns 1, or 0 when message or
- * address is NULL, the address is longer than ECTLS_ADDRESS_MAXLEN bytes,
- * contains CR, LF, '<' or '>', or memory runs out; the message is then
- * unchanged.
+ * empty string is the null sender; a recipient cannot be empty.  Returns
+ * 1, or 0 when message or address is NULL, the address is longer than
+ * ECTLS_ADDRESS_MAXLEN bytes, contains CR, LF, '<' or '>', is an empty
+ * recipient, or memory runs out; the message is then unchanged.
  */
 int ectls_message_set_mailfrom(ec_message *message, const char *address);
 int ectls_message_set_rcptto(ec_message *message, const char *address);

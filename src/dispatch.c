@@ -125,8 +125,15 @@ static struct {
   _Atomic int reader_fence; /* calls fence themselves: no membarrier */
 } shared __attribute__((aligned(CACHE_LINE))) = {&empty_version, 1, 1};
 
-/* Guards writers, the retired queue and the reader registry. */
+/* Guards writers and the retired queue. */
 static pthread_mutex_t list_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/*
+ * Guards the reader registry.  Separate from list_lock so that a thread's
+ * first call never waits for a writer; writers take it inside list_lock
+ * to scan the registry.
+ */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct retired *retired_head, *retired_tail;
 static int retired_count;
 static size_t retired_bytes;
@@ -168,10 +175,10 @@ static void register_membarrier(void) {
 static void release_reader(void *arg) {
   struct reader *reader = arg;
 
-  pthread_mutex_lock(&list_lock);
+  pthread_mutex_lock(&registry_lock);
   atomic_store_explicit(&reader->epoch, 0, memory_order_relaxed);
   reader->in_use = 0;
-  pthread_mutex_unlock(&list_lock);
+  pthread_mutex_unlock(&registry_lock);
   this_reader = NULL;
 }
 
@@ -183,7 +190,7 @@ static void release_reader(void *arg) {
 static __attribute__((noinline)) struct reader *attach_reader(void) {
   struct reader *reader;
 
-  pthread_mutex_lock(&list_lock);
+  pthread_mutex_lock(&registry_lock);
   for (reader = readers; reader != NULL; reader = reader->next)
     if (!reader->in_use)
       break;
@@ -198,7 +205,7 @@ static __attribute__((noinline)) struct reader *attach_reader(void) {
   }
   if (reader != NULL)
     reader->in_use = 1;
-  pthread_mutex_unlock(&list_lock);
+  pthread_mutex_unlock(&registry_lock);
 
   if (reader != NULL) {
     this_reader = reader;
@@ -416,12 +423,14 @@ static struct retired *reclaim_locked(void) {
               "lists will no longer be freed", strerror(errno));
     return NULL;
   }
+  pthread_mutex_lock(&registry_lock);
   for (struct reader *reader = readers; reader != NULL; reader = reader->next) {
     uint64_t epoch =
         atomic_load_explicit(&reader->epoch, memory_order_acquire);
     if (epoch != 0 && epoch < oldest)
       oldest = epoch;
   }
+  pthread_mutex_unlock(&registry_lock);
   while (retired_head != NULL && retired_head->epoch <= oldest) {
     struct retired *done = retired_head;
     int destroyed = 0;
@@ -665,6 +674,18 @@ ECTLS_EXPORT int ectls_clear_core_use_outbound_tls_hook(void) {
   return remove_matching(match_any, NULL, 0);
 }
 
+ECTLS_HIDDEN int ectls_count_plugin(const struct ectls_plugin *plugin) {
+  const struct version *version;
+  int count = 0;
+
+  pthread_mutex_lock(&list_lock);
+  version = atomic_load_explicit(&shared.current, memory_order_relaxed);
+  for (int i = 0; i < version->count; i++)
+    count += version->registrations[i]->plugin == plugin;
+  pthread_mutex_unlock(&list_lock);
+  return count;
+}
+
 ECTLS_HIDDEN int ectls_unregister_plugin(const struct ectls_plugin *plugin) {
   return remove_matching(match_plugin, plugin, 0);
 }
@@ -783,9 +804,17 @@ ECTLS_EXPORT int ectls_reclaim_core_use_outbound_tls_hook(void) {
 
 /* ---- Process lifetime ------------------------------------------------ */
 
-static void before_fork(void) { pthread_mutex_lock(&list_lock); }
+/* Take both locks, in the writers' order, so the child inherits neither
+ * held by a thread that does not exist there. */
+static void before_fork(void) {
+  pthread_mutex_lock(&list_lock);
+  pthread_mutex_lock(&registry_lock);
+}
 
-static void after_fork_parent(void) { pthread_mutex_unlock(&list_lock); }
+static void after_fork_parent(void) {
+  pthread_mutex_unlock(&registry_lock);
+  pthread_mutex_unlock(&list_lock);
+}
 
 /*
  * In the child only the forking thread exists: free the other threads'
@@ -799,6 +828,7 @@ static void after_fork_child(void) {
       reader->in_use = 0;
     }
   register_membarrier();
+  pthread_mutex_unlock(&registry_lock);
   pthread_mutex_unlock(&list_lock);
 }
 

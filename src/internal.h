@@ -37,6 +37,9 @@ ECTLS_HIDDEN int ectls_register_from(
 /* Remove every provider that plugin registered; returns how many. */
 ECTLS_HIDDEN int ectls_unregister_plugin(const struct ectls_plugin *plugin);
 
+/* Returns how many providers in the list plugin registered. */
+ECTLS_HIDDEN int ectls_count_plugin(const struct ectls_plugin *plugin);
+
 /* The plugin whose init function runs on this thread, or NULL. */
 ECTLS_HIDDEN const struct ectls_plugin *ectls_plugin_loading(void);
 

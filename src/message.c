@@ -121,7 +121,9 @@ ECTLS_EXPORT int ectls_message_set_mailfrom(ec_message *message,
 
 ECTLS_EXPORT int ectls_message_set_rcptto(ec_message *message,
                                           const char *address) {
-  if (message == NULL)
+  /* Unlike the sender, a recipient cannot be empty: "RCPT TO:<>" is not
+   * valid SMTP. */
+  if (message == NULL || (address != NULL && address[0] == '\0'))
     return 0;
   return set_address(&message->rcptto, rcptto_prefix,
                      sizeof rcptto_prefix - 1, address);

@@ -12,6 +12,7 @@
 #include "internal.h"
 
 #include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -107,6 +108,37 @@ static void forget_plugin(struct ectls_plugin *plugin) {
 }
 
 /*
+ * Look name up in the plugin itself.  dlsym() also searches the plugin's
+ * dependencies, and a provider taken from libc (strcmp, say) would crash
+ * the first call.  Returns NULL when the plugin does not define name;
+ * *reason then gets the dynamic linker's text, or the file that does
+ * define it.
+ */
+static void *own_symbol(void *handle, const char *name, char *reason,
+                        size_t length) {
+  struct link_map *plugin_map = NULL, *symbol_map = NULL;
+  const char *error;
+  Dl_info info;
+  void *address;
+
+  dlerror();
+  address = dlsym(handle, name);
+  error = dlerror();
+  if (address == NULL) {
+    snprintf(reason, length, "%s", error != NULL ? error : "symbol is NULL");
+    return NULL;
+  }
+  if (dlinfo(handle, RTLD_DI_LINKMAP, &plugin_map) == 0 &&
+      dladdr1(address, &info, (void **)&symbol_map, RTLD_DL_LINKMAP) != 0 &&
+      symbol_map != plugin_map) {
+    snprintf(reason, length, "it is defined in [%s], which the plugin uses",
+             info.dli_fname != NULL ? info.dli_fname : "another object");
+    return NULL;
+  }
+  return address;
+}
+
+/*
  * Find the entry point to use.  Sets *address and *is_init; returns the
  * symbol name, or NULL with errbuf filled.
  */
@@ -115,27 +147,26 @@ static const char *choose_entry(void *handle, const char *path,
                                 void **address, int *is_init, char *errbuf,
                                 int errlen) {
   const char *name = symbol != NULL ? symbol : init;
-  const char *error;
+  char reason[512];
 
   if (name != NULL) {
-    dlerror();
-    *address = dlsym(handle, name);
-    error = dlerror();
+    *address = own_symbol(handle, name, reason, sizeof reason);
     if (*address == NULL) {
       fail(errbuf, errlen, 0, "no %s symbol [%s] in [%s]: %s",
-           symbol != NULL ? "provider" : "init", name, path,
-           error != NULL ? error : "symbol is NULL");
+           symbol != NULL ? "provider" : "init", name, path, reason);
       return NULL;
     }
     *is_init = init != NULL;
     return name;
   }
-  *address = dlsym(handle, ECTLS_PLUGIN_DEFAULT_INIT);
+  *address = own_symbol(handle, ECTLS_PLUGIN_DEFAULT_INIT, reason,
+                        sizeof reason);
   if (*address != NULL) {
     *is_init = 1;
     return ECTLS_PLUGIN_DEFAULT_INIT;
   }
-  *address = dlsym(handle, ECTLS_PLUGIN_DEFAULT_SYMBOL);
+  *address = own_symbol(handle, ECTLS_PLUGIN_DEFAULT_SYMBOL, reason,
+                        sizeof reason);
   if (*address != NULL) {
     *is_init = 0;
     return ECTLS_PLUGIN_DEFAULT_SYMBOL;
@@ -232,6 +263,11 @@ ECTLS_EXPORT int ectls_load_plugin(const char *path, const char *symbol,
   loading = plugin;
   rc = init_function();
   loading = outer;
+  if (rc == 0 && ectls_count_plugin(plugin) == 0)
+    ectls_log(ECTLS_LOG_WARNING,
+              "init function [%s] of [%s] returned 0 but registered no "
+              "provider",
+              entry, path);
   if (rc != 0) {
     int removed = ectls_unregister_plugin(plugin);
     forget_plugin(plugin);

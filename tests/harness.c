@@ -660,7 +660,9 @@ static void test_message_routing_domain(void) {
   CHECK_STR(buf, "");
   CHECK_INT(ectls_message_set_rcptto(message, "user@"), 1);
   CHECK_INT(ec_message_get_routing_domain(message, buf, sizeof buf), 0);
-  CHECK_INT(ectls_message_set_rcptto(message, ""), 1);
+  /* An empty recipient is rejected and the old one stays. */
+  CHECK_INT(ectls_message_set_rcptto(message, ""), 0);
+  CHECK_STR(ec_message_get_rcptto(message), "RCPT TO:<user@>\r\n");
   CHECK_INT(ec_message_get_routing_domain(message, buf, sizeof buf), 0);
 
   /* The override wins over the recipient until it is reset with NULL. */

@@ -10,11 +10,13 @@ be read.  send also returns 65 for a file without sender or recipient,
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
 import re
 import ssl
+import stat
 import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -68,12 +70,19 @@ def _resolve_python_provider(spec: str) -> Callable[..., Any]:
     # Like ``python -m``, find modules in the current directory too.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except (Exception, SystemExit) as error:
+        # Importing runs the module's code, which may fail in any way.
+        raise _ProviderLoadError(
+            f"--python {spec}: importing {module_name!r} failed: "
+            f"{type(error).__name__}: {error}"
+        ) from error
     target: Any = module
     for part in attribute.split("."):
         target = getattr(target, part)
     if not callable(target):
-        raise _UsageError(f"--python {spec!r}: {attribute} is not callable")
+        raise _ProviderLoadError(f"--python {spec}: {attribute} is not callable")
     return target  # type: ignore[no-any-return]
 
 
@@ -108,6 +117,12 @@ def _add_provider_options(parser: argparse.ArgumentParser) -> None:
         ),
     )
     group.add_argument(
+        "--allow-writable-plugins",
+        action="store_true",
+        help="load plugins even when they or their directories are writable "
+        "by group or others (refused by default)",
+    )
+    group.add_argument(
         "--python",
         dest="providers",
         action=_AppendProvider,
@@ -118,16 +133,18 @@ def _add_provider_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def register_providers(providers: Sequence[Tuple[str, str]]) -> None:
+def register_providers(
+    providers: Sequence[Tuple[str, str]], allow_writable: bool = False
+) -> None:
     """Load the --plugin and --python providers in order, all last."""
     for kind, spec in providers:
         try:
             if kind == "plugin":
                 path, symbol = split_plugin_spec(spec)
-                ectls.load_plugin(path, symbol=symbol)
+                ectls.load_plugin(path, symbol=symbol, allow_writable=allow_writable)
             else:
                 ectls.register_last(_resolve_python_provider(spec))
-        except (Error, ImportError, AttributeError, ValueError) as error:
+        except (Error, AttributeError, ValueError, TypeError) as error:
             raise _ProviderLoadError(f"--{kind} {spec}: {error}") from error
 
 
@@ -294,11 +311,20 @@ def _add_send_tls_options(send: argparse.ArgumentParser) -> None:
     )
 
 
+def _helo_name(text: str) -> str:
+    if not text or any(character.isspace() for character in text):
+        raise argparse.ArgumentTypeError(
+            f"invalid name {text!r}: expected a host name without spaces, CR or LF"
+        )
+    return text
+
+
 def _add_send_session_options(send: argparse.ArgumentParser) -> None:
     session = send.add_argument_group("SMTP session")
     session.add_argument(
         "--helo",
         metavar="NAME",
+        type=_helo_name,
         help="name to send with EHLO and HELO (default: the fully qualified "
         "name of this host)",
     )
@@ -367,6 +393,7 @@ def _report_input_error(path: str, reason: str, as_json: bool) -> None:
 def _send_one(path: str, server: Tuple[str, int], args: argparse.Namespace) -> int:
     """Deliver one file and print its line; return its exit status."""
     try:
+        _check_regular_file(path)
         message = ectls.Message.from_file(
             path, mailfrom=args.mailfrom, rcptto=args.rcpt
         )
@@ -425,6 +452,9 @@ _CONFIG_HELP = {
     "cflags": "compiler flags for the ectls headers (-I)",
     "libs": "linker flags for libectls.so: -L, -lectls and an rpath, so the "
     "program finds the library at run time",
+    "embed-libs": "linker flags for a program that registers Python providers "
+    "through ectls_python.h: libectls_python.so, libectls.so and libpython, "
+    "with rpaths",
     "includedir": "directory of ectls.h, ec_message.h and hooks/",
     "libdir": "directory of libectls.so",
     "pkgconfigdir": "directory of ectls.pc, for PKG_CONFIG_PATH",
@@ -471,13 +501,27 @@ def _error(text: str) -> None:
     print(f"ectls: error: {text}", file=sys.stderr)
 
 
+def _check_regular_file(path: str) -> None:
+    """Raise OSError unless path is a regular file: a device such as
+    /dev/zero would be read without end."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "Not a regular file", path)
+
+
 def _decide_one(path: str, args: argparse.Namespace) -> dict[str, Any]:
+    _check_regular_file(path)
     message = ectls.Message.from_file(path, mailfrom=args.mailfrom, rcptto=args.rcpt)
     warnings: List[str] = []
     if message.rcptto is None:
         warnings.append("no recipient in To:; deciding without one (use --rcpt)")
     explanation = ectls.explain(message)
     decided_by = explanation.decided_by
+    for step in explanation.steps:
+        if step.fault:
+            warnings.append(f"provider {step.provider} {step.fault}")
     return {
         "file": path,
         "mailfrom": message.mailfrom,
@@ -491,6 +535,7 @@ def _decide_one(path: str, args: argparse.Namespace) -> dict[str, Any]:
                 "language": step.provider.language,
                 "returned": step.returned,
                 "decision": step.decision.name,
+                "fault": step.fault,
             }
             for step in explanation.steps
         ],
@@ -512,21 +557,40 @@ def _format_text(result: dict[str, Any]) -> str:
     )
 
 
+def _worse(status: int, other: int) -> int:
+    """Return whichever exit status _EXIT_PRECEDENCE ranks first."""
+    for candidate in _EXIT_PRECEDENCE:
+        if candidate in (status, other):
+            return candidate
+    return status
+
+
+def _check_envelope_options(args: argparse.Namespace) -> None:
+    """Reject an invalid --mailfrom or --rcpt once, naming the option."""
+    for option, value, field in (
+        ("--mailfrom", args.mailfrom, "mailfrom"),
+        ("--rcpt", args.rcpt, "rcptto"),
+    ):
+        if value is None:
+            continue
+        try:
+            setattr(ectls.Message(), field, value)
+        except MessageError as error:
+            raise _UsageError(f"{option} {value!r}: {error}") from None
+
+
 def _run_decide(args: argparse.Namespace) -> int:
     status = EX_OK
     for path in args.files:
         try:
             result = _decide_one(path, args)
-        except (OSError, MessageError) as error:
-            reason = (
-                error.strerror
-                if isinstance(error, OSError) and error.strerror
-                else error
-            )
-            _error(f"{path}: {reason}")
-            if args.json:
-                print(json.dumps({"file": path, "error": str(reason)}), flush=True)
-            status = EX_NOINPUT
+        except OSError as error:
+            _report_input_error(path, error.strerror or str(error), args.json)
+            status = _worse(status, EX_NOINPUT)
+            continue
+        except MessageError as error:
+            _report_input_error(path, str(error), args.json)
+            status = _worse(status, EX_DATAERR)
             continue
         for warning in result["warnings"]:
             _warn(f"{path}: {warning}")
@@ -550,7 +614,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _run_config(args)
 
     try:
-        register_providers(args.providers or [])
+        _check_envelope_options(args)
+        register_providers(args.providers or [], args.allow_writable_plugins)
     except _UsageError as error:
         _error(str(error))
         return EX_USAGE

@@ -570,8 +570,15 @@ def deliver(
     :raises OSError: cafile could not be loaded.
     """
     envelope = _envelope_of(message)
-    if not 0 < port < 65536:
-        raise ValueError(f"invalid port {port}: expected 1 to 65535")
+    if type(port) is not int or not 0 < port < 65536:
+        raise ValueError(f"invalid port {port!r}: expected an int from 1 to 65535")
+    if helo_name is not None and (
+        not helo_name or any(character.isspace() for character in helo_name)
+    ):
+        raise ValueError(
+            f"invalid helo_name {helo_name!r}: expected a host name without "
+            "spaces, CR or LF"
+        )
     if ssl_context is not None and (verify is not None or cafile is not None):
         raise ValueError("give either ssl_context or verify and cafile, not both")
 

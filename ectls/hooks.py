@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import (
     Any,
     Callable,
     Iterator,
+    List,
     Optional,
     Tuple,
     TypeVar,
@@ -135,6 +137,8 @@ class Registration:
     __slots__ = ("__weakref__", "_handle", "_registered", "first", "func", "name")
 
     def __init__(self, func: ProviderFunc, first: bool) -> None:
+        if not callable(func):
+            raise TypeError(f"a provider must be callable, not {func!r}")
         self.func = func
         self.name = _name_of(func)
         self.first = first
@@ -198,6 +202,16 @@ def _destroy(closure: Any) -> None:
         _live.discard(registration)
 
 
+# Faults seen by the trampolines on this thread while explain() runs.
+_explaining = threading.local()
+
+
+def _record_fault(closure: Any, description: str) -> None:
+    faults = getattr(_explaining, "faults", None)
+    if faults is not None:
+        faults.append((_address(closure), description))
+
+
 def _provider_fault(exc_type: type, exc_value: BaseException, traceback: Any) -> None:
     """Log what escaped a trampoline (a BaseException that is not an
     Exception, such as KeyboardInterrupt); cffi then returns
@@ -211,6 +225,35 @@ def _provider_fault(exc_type: type, exc_value: BaseException, traceback: Any) ->
         exc_type.__name__,
         exc_info=(exc_type, exc_value, traceback),
     )
+    if closure is not None:
+        _record_fault(closure, f"interrupted by {exc_type.__name__}")
+    if issubclass(exc_type, KeyboardInterrupt) and _inside_python_call():
+        # cffi cannot pass the interrupt through C, so the call() or
+        # explain() below on this stack raises it again once C returns,
+        # and Ctrl-C still stops the program.  A call from C code has no
+        # such place, so there the interrupt ends with the log record.
+        global _interrupted
+        _interrupted = True
+
+
+# Set when Ctrl-C interrupted a provider under call() or explain().
+_interrupted = False
+
+
+def _inside_python_call() -> bool:
+    """Return True when call() or explain() is on this thread's stack."""
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code in _ENTRY_CODES:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _raise_interrupt() -> None:
+    global _interrupted
+    _interrupted = False
+    raise KeyboardInterrupt
 
 
 def _describe_value(value: object) -> str:
@@ -234,15 +277,19 @@ def _result_code(closure: Any, result: object) -> int:
         return 2
     if result is _REQUIRED:
         return 3
-    # type() rather than __class__, which an object can make raise.
+    # type() rather than __class__, which an object can make raise.  Only
+    # int itself counts: bool and other int subclasses (another IntEnum,
+    # say) are no decision, even when their value is 0, 1 or 2.
     if type(result) is int and 0 <= result <= 2:
         return result + 1
+    description = f"{_describe_value(result)} ({type(result).__name__})"
     logger.error(
         "Python provider %s returned %s, which is not a decision "
         "(UseTLS or 0, 1, 2); the call yields REQUIRED",
         _name_at(closure),
-        _describe_value(result),
+        description,
     )
+    _record_fault(closure, f"returned {description}, which is not a decision")
     return _FAIL_CLOSED
 
 
@@ -250,6 +297,8 @@ def _log_raised(closure: Any) -> int:
     logger.exception(
         "Python provider %s raised; the call yields REQUIRED", _name_at(closure)
     )
+    error = sys.exc_info()[1]
+    _record_fault(closure, f"raised {type(error).__name__}: {error}")
     return _FAIL_CLOSED
 
 
@@ -319,6 +368,16 @@ def hook(func: Optional[_F] = None, *, first: bool = False) -> Any:
     """
 
     def decorate(target: _F) -> _F:
+        # Check that the Registration can be stored before registering, so
+        # a failure leaves nothing registered that cannot be unregistered.
+        try:
+            target.ectls_registration = None  # type: ignore[attr-defined]
+        except AttributeError:
+            raise TypeError(
+                f"hook() stores the Registration on the function, which "
+                f"{target!r} does not allow; use register_last() or "
+                "register_first() instead"
+            ) from None
         registration = register_first(target) if first else register_last(target)
         target.ectls_registration = registration  # type: ignore[attr-defined]
         return target
@@ -349,7 +408,10 @@ def call(message: Optional[Message]) -> UseTLS:
         message._pointer()  # type: ignore[union-attr]  # raises MessageError
     # Outside the except clause, so a provider's logged traceback is not
     # chained to the AttributeError above.
-    return _DECISIONS[_call(pointer)]
+    decision = _DECISIONS[_call(pointer)]
+    if _interrupted:
+        _raise_interrupt()
+    return decision
 
 
 def clear() -> int:
@@ -417,6 +479,9 @@ class Step:
     decision after the fail-closed rule)."""
     decision: UseTLS
     """The decision the call rule made of the returned value."""
+    fault: Optional[str] = None
+    """Why a Python provider failed closed (it raised, or returned no
+    decision), else None."""
 
 
 @dataclass(frozen=True)
@@ -439,9 +504,10 @@ class Explanation:
         lines = [f"decision: {self.decision.name}"]
         for number, step in enumerate(self.steps, 1):
             mark = "  <- decided" if step is self.steps[-1] and self.decided_by else ""
+            fault = f" [fault: {step.fault}]" if step.fault else ""
             lines.append(
                 f"  {number}. {step.provider} returned {step.returned} "
-                f"({step.decision.name}){mark}"
+                f"({step.decision.name}){fault}{mark}"
             )
         if not self.steps:
             lines.append("  (no provider registered)")
@@ -475,7 +541,16 @@ def explain(message: Optional[Message]) -> Explanation:
     if message is not None and not isinstance(message, Message):
         raise _not_a_message(message)
     pointer = _NULL if message is None else message._pointer()
-    trace = lib.ectls_explain_core_use_outbound_tls_hook(pointer)
+    outer_faults = getattr(_explaining, "faults", None)
+    faults: List[Tuple[int, str]] = []
+    _explaining.faults = faults
+    try:
+        trace = lib.ectls_explain_core_use_outbound_tls_hook(pointer)
+    finally:
+        _explaining.faults = outer_faults
+    if _interrupted:
+        lib.ectls_trace_free(trace)
+        _raise_interrupt()
     if trace == _NULL:
         raise MemoryError("cannot explain the call: out of memory")
     trace = ffi.gc(trace, lib.ectls_trace_free)
@@ -483,11 +558,26 @@ def explain(message: Optional[Message]) -> Explanation:
     steps = []
     for index in range(trace.count):
         step = trace.steps[index]
+        fault = None
         if step.hook == _BRIDGE:
-            registration = _by_address.get(_address(step.closure))
+            address = _address(step.closure)
+            registration = _by_address.get(address)
             name = registration.name if registration else "(unregistered)"
             provider = Provider(name=name, language="python")
+            # A provider may run more than once in a nested call; the
+            # fault that counts is its first at this level.
+            for fault_address, description in faults:
+                if fault_address == address:
+                    fault = description
+                    faults.remove((fault_address, description))
+                    break
         else:
             provider = _describe_c_provider(step)
-        steps.append(Step(provider, int(step.returned), _DECISIONS[step.decision]))
+        steps.append(
+            Step(provider, int(step.returned), _DECISIONS[step.decision], fault)
+        )
     return Explanation(_DECISIONS[trace.decision], tuple(steps))
+
+
+# The frames _inside_python_call() looks for.
+_ENTRY_CODES = frozenset({call.__code__, explain.__code__})

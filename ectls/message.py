@@ -5,8 +5,8 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import os
+import re
 from email.message import EmailMessage
-from email.utils import getaddresses
 from typing import Iterator, Mapping, MutableMapping, Optional, Union
 
 from ectls._binding import ffi, lib
@@ -185,12 +185,19 @@ class Message:
         ``To``.  Whichever is found in neither stays unset, so a message
         without ``To`` still gets a (recipient-less) Message.
         """
-        parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(raw)
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"raw must be bytes, not {type(raw).__name__}; "
+                "use from_file() for a path"
+            )
+        parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+            bytes(raw)
+        )
         assert isinstance(parsed, EmailMessage)
         if mailfrom is None:
-            mailfrom = _first_address(parsed, "Return-Path")
+            mailfrom = _return_path(parsed)
         if rcptto is None:
-            rcptto = _first_address(parsed, "To")
+            rcptto = _first_recipient(parsed)
         message = cls(
             mailfrom,
             rcptto,
@@ -310,22 +317,48 @@ def _address_problem(field: str, address: str, encoded: bytes) -> str:
     )
 
 
-def _first_address(parsed: EmailMessage, header: str) -> Optional[str]:
-    """Return the first addr-spec in a header, or None.
+def _first_recipient(parsed: EmailMessage) -> Optional[str]:
+    """Return the first addr-spec in To, or None when To has none.
 
-    Address headers (To) come parsed by the email package, which decodes
-    RFC 2047 display names without splitting at commas inside them.
-    Return-Path is unstructured there, so it is parsed here; "<>" yields
-    "", the null sender.
+    The email package parses To, decoding RFC 2047 display names without
+    splitting at commas inside them.
     """
-    value = parsed.get(header)
+    try:
+        value = parsed.get("To")
+        addresses = getattr(value, "addresses", ()) if value is not None else ()
+    except ValueError as error:
+        # The email package refuses, for one, a CR or LF in a decoded name.
+        raise MessageError(f"invalid To header: {error}") from None
+    for address in addresses:
+        if address.username:
+            return str(address.addr_spec)
+    return None
+
+
+_PATH = re.compile(r"<([^<>\s]+)>|([^<>\s]+)")
+
+
+def _return_path(parsed: EmailMessage) -> Optional[str]:
+    """Return the address in Return-Path: "" for "<>", None without one.
+
+    The email package leaves Return-Path unparsed, so it is parsed here,
+    and strictly: a sender that is not an address raises MessageError
+    instead of turning into some other sender.
+    """
+    try:
+        value = parsed.get("Return-Path")
+    except ValueError as error:
+        raise MessageError(f"invalid Return-Path header: {error}") from None
     if value is None:
         return None
-    addresses = getattr(value, "addresses", None)
-    if addresses is not None:
-        for address in addresses:
-            if address.username:
-                return str(address.addr_spec)
-        return None
-    found = getaddresses([str(value)])
-    return found[0][1] if found else None
+    text = str(value).strip()
+    if text == "<>":
+        return ""
+    match = _PATH.fullmatch(text)
+    address = (match.group(1) or match.group(2)) if match else None
+    if address is None or "@" not in address:
+        raise MessageError(
+            f"invalid Return-Path header {text!r}: expected <address> or <>; "
+            "give the sender explicitly (mailfrom=, --mailfrom)"
+        )
+    return address

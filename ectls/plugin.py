@@ -80,27 +80,39 @@ def _check_file(path: str, symbol: Optional[str], allow_writable: bool) -> None:
         )
     if allow_writable:
         return
-    # Code that others can replace would run as this process.  A sticky
-    # directory such as /tmp lets others add files but not replace ours.
-    directory = os.path.dirname(os.path.realpath(path))
-    directory_mode = os.stat(directory).st_mode
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        problem = f"plugin [{path}] is writable by group or others"
-    elif directory_mode & (stat.S_IWGRP | stat.S_IWOTH) and not (
-        directory_mode & stat.S_ISVTX
-    ):
-        problem = (
-            f"directory [{directory}] of plugin [{path}] is writable by group or others"
+    problem = _writable_by_others(path, info)
+    if problem is not None:
+        raise plugin_error(
+            PluginPermissionError,
+            f"{problem}, so others could replace the code this process runs; "
+            "fix the permissions (chmod go-w), or opt in with "
+            "allow_writable=True (ectls --allow-writable-plugins)",
+            path,
+            symbol,
         )
-    else:
-        return
-    raise plugin_error(
-        PluginPermissionError,
-        f"{problem}; fix the permissions, or pass allow_writable=True "
-        "to load it anyway",
-        path,
-        symbol,
-    )
+
+
+def _writable_by_others(path: str, info: os.stat_result) -> Optional[str]:
+    """Describe the first of the plugin and its directories, up to the
+    root, that group or others may write, or return None.
+
+    A sticky directory such as /tmp lets others add files but not replace
+    anyone else's, so it passes.
+    """
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"plugin [{path}] is writable by group or others"
+    directory = os.path.dirname(os.path.realpath(path))
+    while True:
+        mode = os.stat(directory).st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+            return (
+                f"directory [{directory}] above plugin [{path}] is writable "
+                "by group or others"
+            )
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
 
 
 def _elf_identity(path: str) -> Optional[Tuple[int, int]]:

@@ -215,3 +215,89 @@ def test_version(tmp_path):
     result = run_cli("--version", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.strip() == f"ectls {ectls.__version__}"
+
+
+@pytest.mark.parametrize(
+    "module_text, expected",
+    [
+        ("raise RuntimeError('broken at import')\n", "RuntimeError: broken at import"),
+        ("def f(:\n", "SyntaxError"),
+        ("import sys\nsys.exit(3)\n", "SystemExit"),
+        ("f = 5\n", "f is not callable"),
+    ],
+    ids=["raises", "syntax-error", "exits", "not-callable"],
+)
+def test_decide_python_provider_load_failures(tmp_path, module_text, expected):
+    (tmp_path / "badpolicy.py").write_text(module_text)
+    result = run_cli(
+        "decide", "--python", "badpolicy:f", str(MESSAGES / "plain.eml"), cwd=tmp_path
+    )
+    assert result.returncode == 78, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_decide_invalid_mailfrom_option(tmp_path):
+    result = run_cli(
+        "decide", "--mailfrom", "<x@y>", str(MESSAGES / "plain.eml"), cwd=tmp_path
+    )
+    assert result.returncode == 64
+    assert "--mailfrom" in result.stderr
+
+
+def test_decide_device_file_rejected(tmp_path):
+    result = run_cli("decide", "/dev/zero", str(MESSAGES / "plain.eml"), cwd=tmp_path)
+    assert result.returncode == 66
+    assert "/dev/zero: Not a regular file" in result.stderr
+    assert "plain.eml: NO" in result.stdout
+
+
+def test_decide_invalid_message_exit_65(tmp_path):
+    bad = tmp_path / "bad.eml"
+    bad.write_bytes(b"Return-Path: not an address <<\r\nTo: a@b.example\r\n\r\nx\r\n")
+    result = run_cli(
+        "decide", "--json", str(bad), str(MESSAGES / "plain.eml"), cwd=tmp_path
+    )
+    assert result.returncode == 65
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert records[0]["file"] == str(bad)
+    assert "invalid Return-Path" in records[0]["error"]
+    assert records[1]["decision"] == "NO"
+
+
+def test_decide_writable_plugin_needs_option(domain_policy, tmp_path):
+    domain_policy.chmod(0o777)
+    refused = run_cli(
+        "decide",
+        "--plugin",
+        str(domain_policy),
+        str(MESSAGES / "plain.eml"),
+        cwd=tmp_path,
+    )
+    allowed = run_cli(
+        "decide",
+        "--allow-writable-plugins",
+        "--plugin",
+        str(domain_policy),
+        str(MESSAGES / "plain.eml"),
+        cwd=tmp_path,
+    )
+    assert refused.returncode == 78
+    assert "--allow-writable-plugins" in refused.stderr
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_decide_reports_provider_fault(tmp_path):
+    (tmp_path / "faulty.py").write_text("def none(message):\n    return None\n")
+    result = run_cli(
+        "decide",
+        "--json",
+        "--python",
+        "faulty:none",
+        str(MESSAGES / "plain.eml"),
+        cwd=tmp_path,
+    )
+    item = json.loads(result.stdout)
+    assert item["decision"] == "REQUIRED"
+    assert "not a decision" in item["providers"][0]["fault"]
+    assert any("not a decision" in warning for warning in item["warnings"])

@@ -990,3 +990,22 @@ def test_cli_send_help_names_options(tmp_path):
         "--no-verify",
     ):
         assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    "arguments, match",
+    [
+        ({"port": "25"}, "invalid port"),
+        ({"port": 0}, "invalid port"),
+        ({"helo_name": "bad\r\nMAIL FROM:<x@y>"}, "invalid helo_name"),
+        ({"helo_name": ""}, "invalid helo_name"),
+    ],
+    ids=["port-str", "port-zero", "helo-crlf", "helo-empty"],
+)
+def test_deliver_rejects_bad_arguments(arguments, match):
+    message = Message.from_bytes(
+        b"Return-Path: <a@example.com>\r\nTo: b@example.org\r\n\r\nbody\r\n"
+    )
+    options = {"port": 2525, **arguments}
+    with pytest.raises(ValueError, match=match):
+        deliver(message, "127.0.0.1", **options)

@@ -321,7 +321,6 @@ RAISED = [
     pytest.param(RuntimeError("database down"), id="runtime-error"),
     pytest.param(LookupError("no such domain"), id="lookup-error"),
     pytest.param(RecursionError("deep"), id="recursion-error"),
-    pytest.param(KeyboardInterrupt(), id="keyboard-interrupt"),
     pytest.param(SystemExit(3), id="system-exit"),
 ]
 
@@ -347,6 +346,36 @@ def test_python_raising_provider_fails_closed(plugin, caplog, exception, caller)
     assert records[0].exc_info is not None
     assert records[0].exc_info[0] is type(exception)
     assert registration.name in records[0].getMessage()
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_python_interrupted_provider_fails_closed(plugin, caplog, caller):
+    """A KeyboardInterrupt in a provider fails closed; where the call came
+    from ectls.call() on the main thread, call() raises it again so Ctrl-C
+    still stops the program."""
+    later_runs: List[int] = []
+    decisions: List[int] = []
+
+    def interrupted_provider(message):
+        raise KeyboardInterrupt
+
+    registration = ectls.register_last(interrupted_provider)
+    ectls.register_last(lambda m: later_runs.append(1) or UseTLS.NO)
+
+    with caplog.at_level(logging.ERROR, logger="ectls"):
+        if caller == "python":
+            with pytest.raises(KeyboardInterrupt):
+                ectls.call(None)
+        else:
+            decisions.append(call_via(caller, plugin[1]))
+
+    if caller != "python":
+        assert decisions == [int(UseTLS.REQUIRED)]
+    assert later_runs == []
+    records = ectls_errors(caplog)
+    assert len(records) == 1
+    assert registration.name in records[0].getMessage()
+    assert "interrupted by KeyboardInterrupt" in records[0].getMessage()
 
 
 def test_raising_provider_traceback_has_no_unrelated_context(caplog):

@@ -455,3 +455,56 @@ def test_clear_returns_count_and_empties(fixed):
     assert ectls.clear() == 2
     assert ectls.has_hook() is False
     assert ectls.call(None) is UseTLS.NO
+
+
+@pytest.mark.parametrize("value", [5, None, "name"], ids=["int", "none", "str"])
+def test_register_non_callable_rejected(value):
+    with pytest.raises(TypeError, match="callable"):
+        ectls.register_last(value)
+    with pytest.raises(TypeError, match="callable"):
+        ectls.register_first(value)
+    assert ectls.has_hook() is False
+
+
+def test_hook_on_bound_method_registers_nothing():
+    class Policy:
+        def decide(self, message):
+            return UseTLS.REQUIRED
+
+    with pytest.raises(TypeError, match="register_last"):
+        ectls.hook(Policy().decide)
+    assert ectls.has_hook() is False
+
+
+def test_explain_reports_python_faults():
+    def returns_none(message):
+        return None
+
+    def raises(message):
+        raise LookupError("no such domain")
+
+    ectls.register_last(lambda m: UseTLS.NO)
+    ectls.register_last(returns_none)
+    explanation = ectls.explain(None)
+    assert explanation.steps[0].fault is None
+    assert explanation.steps[1].fault is not None
+    assert "returned None (NoneType)" in explanation.steps[1].fault
+    assert "[fault:" in str(explanation)
+
+    ectls.clear()
+    ectls.register_last(raises)
+    fault = ectls.explain(None).steps[0].fault
+    assert fault == "raised LookupError: no such domain"
+
+
+def test_keyboard_interrupt_reaches_caller():
+    def interrupted(message):
+        raise KeyboardInterrupt
+
+    ectls.register_last(interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ectls.call(None)
+    with pytest.raises(KeyboardInterrupt):
+        ectls.explain(None)
+    ectls.clear()
+    assert ectls.call(None) is UseTLS.NO

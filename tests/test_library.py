@@ -77,7 +77,9 @@ def test_exports_nothing_but_functions():
 def test_binding_uses_packaged_library():
     ectls.has_hook()  # the module is loaded by now
     with open("/proc/self/maps") as maps:
-        loaded = {line.split()[-1] for line in maps if "libectls" in line}
+        loaded = {
+            line.split()[-1] for line in maps if line.rstrip().endswith("/libectls.so")
+        }
     assert loaded == {os.path.realpath(ectls.get_library())}
 
 

@@ -245,3 +245,43 @@ def test_from_file_reads_examples():
 def test_from_file_missing_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         Message.from_file(tmp_path / "missing.eml")
+
+
+def test_message_empty_recipient_rejected():
+    message = Message(rcptto="keep@example.org")
+    with pytest.raises(MessageError):
+        message.rcptto = ""
+    assert message.rcptto == "keep@example.org"
+
+
+def test_message_lone_surrogate_rejected():
+    with pytest.raises(MessageError, match="UTF-8"):
+        Message().context["key"] = "\ud800"
+
+
+def test_from_bytes_crlf_in_display_name_rejected():
+    raw = (
+        b"To: =?utf-8?q?bob=0D=0ARCPT_TO=3A=3Cevil=40x=3E?= <bob@bank.example>\r\n"
+        b"\r\nbody\r\n"
+    )
+    with pytest.raises(MessageError, match="invalid To header"):
+        Message.from_bytes(raw)
+
+
+@pytest.mark.parametrize(
+    "value", ["not an address <<", "statements at bank dot example", "<a@b"]
+)
+def test_from_bytes_invalid_return_path_rejected(value):
+    raw = f"Return-Path: {value}\r\nTo: a@b.example\r\n\r\nbody\r\n".encode()
+    with pytest.raises(MessageError, match="invalid Return-Path"):
+        Message.from_bytes(raw)
+
+
+def test_from_bytes_bare_return_path_accepted():
+    raw = b"Return-Path: sender@example.com\r\n\r\nbody\r\n"
+    assert Message.from_bytes(raw).mailfrom == "sender@example.com"
+
+
+def test_from_bytes_rejects_str():
+    with pytest.raises(TypeError, match="from_file"):
+        Message.from_bytes("To: a@b\r\n\r\n")  # type: ignore[arg-type]

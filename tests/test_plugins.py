@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -330,3 +331,40 @@ def test_relative_path_is_a_file_path(compile_plugin, monkeypatch):
     monkeypatch.chdir(path.parent)
     ectls.load_plugin(path.name)
     assert ectls.call(None) is UseTLS.REQUIRED
+
+
+def test_symbol_from_dependency_rejected(compile_plugin, sentinel):
+    # The plugin uses strcmp, so dlsym() would find it in libc.
+    source = PROVIDERS + (
+        "\n#include <string.h>\n"
+        "int same(const char *a, const char *b) { return strcmp(a, b) == 0; }\n"
+    )
+    path = compile_plugin(source, "uses_libc")
+    with pytest.raises(ectls.PluginSymbolError) as raised:
+        ectls.load_plugin(path, symbol="strcmp")
+    message = str(raised.value)
+    assert "strcmp" in message
+    assert "libc" in message
+    assert "which the plugin uses" in message
+
+
+def test_init_registering_nothing_warns(compile_plugin, caplog):
+    path = compile_plugin("int ectls_plugin_init(void) { return 0; }\n", "idle")
+    with caplog.at_level(logging.WARNING, logger="ectls"):
+        ectls.load_plugin(path)
+    assert ectls.has_hook() is False
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("registered no provider" in text for text in messages), messages
+
+
+def test_writable_ancestor_directory_refused(compile_plugin, tmp_path, sentinel):
+    path = compile_plugin(PROVIDERS, "providers")
+    shared = tmp_path / "shared"
+    nested = shared / "nested"
+    nested.mkdir(parents=True)
+    moved = nested / "providers.so"
+    shutil.move(str(path), moved)
+    os.chmod(shared, 0o777)
+    with pytest.raises(ectls.PluginPermissionError) as raised:
+        ectls.load_plugin(moved)
+    assert f"directory [{shared}]" in str(raised.value)

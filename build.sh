@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build libectls, the example and test plugins, the C test harness and
-# the C benchmark, then run the harness.
+# Build libectls, libectls_python, the example and test plugins, the C
+# test harness and the C benchmark, then run the harness.
 #
 # Usage: ./build.sh [--no-run]
 #   --no-run   build only, do not run the harness
@@ -8,7 +8,8 @@
 #   BUILD_DIR  output directory, relative to this script's directory
 #              unless absolute (default: build)
 #   CC         C compiler command (default: cc)
-#   PYTHON     Python interpreter for src/build.py (default: python3)
+#   PYTHON     Python interpreter for src/build.py and cdef/build_embed.py
+#              (default: python3)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -29,6 +30,15 @@ lib_dir="$build_dir/libectls"
 plugin_flags=(-std=c99 -Wall -Wextra -Werror -fPIC -shared -Iinclude)
 
 echo "libectls: $("$python" src/build.py "$lib_dir")"
+
+# libectls_python.so, the C API for Python providers, needs cffi and the
+# Python headers of $python, and is used with that Python only.
+if "$python" -c 'import cffi' 2>/dev/null; then
+  echo "libectls_python: $("$python" cdef/build_embed.py "$lib_dir")"
+else
+  echo "libectls_python: skipped, because $python cannot import cffi" \
+    "(set PYTHON to an interpreter that has it)"
+fi
 
 # Plugins are not linked against libectls: like Momentum modules, they
 # resolve register_* and call_* from the process when they are loaded.

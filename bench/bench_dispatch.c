@@ -318,7 +318,7 @@ int main(int argc, char **argv) {
   long cycles = iterations(1000000);
   ectls_clear_core_use_outbound_tls_hook();
   ectls_reclaim_core_use_outbound_tls_hook();
-  for (long i = 0; i < 1000; i++) { /* reach the steady state first */
+  for (long i = 0; i < 20000; i++) { /* reach the steady state first */
     register_core_use_outbound_tls_hook_last(churn_hook, NULL);
     ectls_unregister_core_use_outbound_tls_hook(churn_hook, NULL);
   }

@@ -209,7 +209,7 @@ def memory_cycles(cycles: int) -> Tuple[int, int, float]:
     def provider(message: object) -> UseTLS:
         return UseTLS.NO
 
-    for _ in range(1000):  # reach the steady state first
+    for _ in range(20000):  # reach the steady state first
         ectls.register_last(provider).unregister()
     gc.collect()
     before = resident_kib()

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import pytest
 
@@ -41,24 +41,19 @@ def c_compiler() -> str:
     return compiler
 
 
-@pytest.fixture
-def compile_plugin(c_compiler: str, tmp_path: Path) -> CompilePlugin:
-    """Return a function that compiles C source into a plugin .so.
+BuildPlugin = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def build_plugin(c_compiler: str) -> BuildPlugin:
+    """Return a function that compiles one .c file into a plugin .so.
 
     The plugin is built the way a Momentum module is: against the headers
-    of the installed ectls, not linked to libectls.  Each call makes a new
-    file, so tests never share a loaded plugin (plugins stay loaded).
-    ``source`` is C text, or a Path to a .c file.
+    of the installed ectls, not linked to libectls.  A compiler error
+    fails the test with the compiler's output.
     """
-    counter = itertools.count()
 
-    def compile_(source: str | Path, name: str = "plugin", flags: tuple = ()) -> Path:
-        if isinstance(source, Path):
-            source_path = source
-        else:
-            source_path = tmp_path / f"{name}_{next(counter)}.c"
-            source_path.write_text(source)
-        output = tmp_path / f"{source_path.stem}_{next(counter)}.so"
+    def build(source: Path, output: Path, flags: Sequence[str] = ()) -> Path:
         result = subprocess.run(
             [
                 c_compiler,
@@ -70,7 +65,7 @@ def compile_plugin(c_compiler: str, tmp_path: Path) -> CompilePlugin:
                 "-shared",
                 f"-I{ectls.get_include()}",
                 *flags,
-                str(source_path),
+                str(source),
                 "-o",
                 str(output),
             ],
@@ -78,7 +73,30 @@ def compile_plugin(c_compiler: str, tmp_path: Path) -> CompilePlugin:
             text=True,
         )
         if result.returncode != 0:
-            pytest.fail(f"compiling {source_path} failed:\n{result.stderr}")
+            pytest.fail(f"compiling {source} failed:\n{result.stderr}")
         return output
+
+    return build
+
+
+@pytest.fixture
+def compile_plugin(build_plugin: BuildPlugin, tmp_path: Path) -> CompilePlugin:
+    """Return a function that compiles C source into a new plugin .so.
+
+    Each call makes a new file, so tests never share a loaded plugin
+    (plugins stay loaded).  ``source`` is C text, or a Path to a .c file.
+    """
+    counter = itertools.count()
+
+    def compile_(
+        source: str | Path, name: str = "plugin", flags: Sequence[str] = ()
+    ) -> Path:
+        if isinstance(source, Path):
+            source_path = source
+        else:
+            source_path = tmp_path / f"{name}_{next(counter)}.c"
+            source_path.write_text(source)
+        output = tmp_path / f"{source_path.stem}_{next(counter)}.so"
+        return build_plugin(source_path, output, flags)
 
     return compile_

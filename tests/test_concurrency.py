@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import subprocess
 import threading
 import time
 import weakref
@@ -350,32 +349,12 @@ class ThreadsPlugin:
 
 
 @pytest.fixture(scope="module")
-def plugin(c_compiler, tmp_path_factory) -> ThreadsPlugin:
+def plugin(build_plugin, tmp_path_factory) -> ThreadsPlugin:
     """THREADS_PLUGIN compiled like a Momentum module, loaded once."""
     directory = tmp_path_factory.mktemp("threads_plugin")
     source = directory / "threads_plugin.c"
-    output = directory / "threads_plugin.so"
     source.write_text(THREADS_PLUGIN)
-    result = subprocess.run(
-        [
-            c_compiler,
-            "-std=c99",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-fPIC",
-            "-shared",
-            "-pthread",
-            f"-I{ectls.get_include()}",
-            str(source),
-            "-o",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"compiling {source} failed:\n{result.stderr}")
+    output = build_plugin(source, directory / "threads_plugin.so", ["-pthread"])
     ectls.load_plugin(output)
     return ThreadsPlugin(output)
 

@@ -26,7 +26,6 @@ import ctypes
 import logging
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Tuple
@@ -479,33 +478,11 @@ def positive_int_from_environment(name: str, default: int) -> int:
     return value
 
 
-def compile_model_plugin(c_compiler: str, directory: Path) -> Path:
-    source = directory / "model_plugin.c"
-    compiled = directory / "model_plugin.so"
+def test_provider_list_matches_model(build_plugin, tmp_path, capsys):
+    source = tmp_path / "model_plugin.c"
     source.write_text(MODEL_PLUGIN)
-    built = subprocess.run(
-        [
-            c_compiler,
-            "-std=c99",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-fPIC",
-            "-shared",
-            f"-I{ectls.get_include()}",
-            str(source),
-            "-o",
-            str(compiled),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert built.returncode == 0, built.stderr
-    return compiled
-
-
-def test_provider_list_matches_model(c_compiler, tmp_path, capsys):
-    plugins = ModelPlugins(compile_model_plugin(c_compiler, tmp_path), tmp_path)
+    compiled = build_plugin(source, tmp_path / "model_plugin.so")
+    plugins = ModelPlugins(compiled, tmp_path)
     handler = ListHandler()
     logger = logging.getLogger("ectls")
     logger.addHandler(handler)

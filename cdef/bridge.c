@@ -4,7 +4,7 @@
  *
  * A Python provider sits in the C list as ectls_bridge_provider with a
  * cffi handle as its closure.  The bridge guards the one crossing that
- * could otherwise leak a wrong answer: cffi makes an extern "Python"
+ * could otherwise leak a wrong decision: cffi makes an extern "Python"
  * function return 0 (EC_USE_TLS_NO) when no Python code is attached or
  * the interpreter cannot run it.  So the Python half returns the decision
  * plus one, and everything outside 1..3 fails closed here.
@@ -38,7 +38,7 @@ static int python_calls;
 
 /*
  * Stop entering Python, then wait for the calls already inside it, so a
- * C thread's call returns its answer instead of being cut off when the
+ * C thread's call returns its decision instead of being cut off when the
  * interpreter ends the thread.  ectls' atexit handler calls this through
  * cffi, which releases the GIL, so those calls can finish.
  */
@@ -90,7 +90,7 @@ static int ectls_bridge_provider(void *closure, email_message *message) {
     biased = ectls_py_provider_c_message(closure, message);
   leave_python();
   if (biased < 1 || biased > 3) {
-    /* 0 is cffi's answer when the Python half could not run at all; the
+    /* 0 is what cffi returns when the Python half could not run at all; the
      * Python half logs every fault it sees itself. */
     fputs("ectls: error: a Python provider could not run (no Python code "
           "attached to the bridge); the call yields EC_USE_TLS_REQUIRED\n",

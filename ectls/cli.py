@@ -607,7 +607,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_request:
-        # argparse exits 2 on bad usage; sysexits says 64.
+        # argparse exits 2 on bad usage; sysexits.h has 64 (EX_USAGE).
         return EX_USAGE if exit_request.code == 2 else int(exit_request.code or 0)
 
     if args.command == "config":

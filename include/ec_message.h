@@ -34,8 +34,8 @@ enum ec_message_context_which {
 
 enum ectls_message_limits {
   /*
-   * Size of a buffer that holds any routing domain with its terminating
-   * NUL: a domain name has at most 253 characters, and ectls refuses
+   * Size of a buffer that fits any routing domain with its terminating
+   * NUL: a domain name has at most 253 characters, and ectls rejects
    * longer ones.
    */
   ECTLS_DOMAIN_BUFLEN = 256,

@@ -83,8 +83,8 @@ struct ectls_saved_list {
 };
 
 /*
- * What a call needs of a registration, copied inline so the walk reads
- * one 16-byte slot per provider and no registration.
+ * The part of a registration that a call needs, copied inline so the
+ * walk reads one 16-byte slot per provider and no registration.
  */
 struct slot {
   ec_hook_core_use_outbound_tls_func_t *hook;

@@ -9,6 +9,7 @@
  * the interpreter cannot run it.  So the Python half returns the decision
  * plus one, and everything outside 1..3 fails closed here.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <time.h>
 
@@ -32,6 +33,44 @@ static int python_exiting;
 
 /* Bridge calls that are running Python code now, on any thread. */
 static int python_calls;
+
+/*
+ * Set in a child that C code forked (fork() outside os.fork()): the
+ * child has one thread, but Python's state still says some other thread
+ * may hold the GIL, so entering Python would wait forever.  os.fork()
+ * resets Python's state and then this flag (ectls_bridge_python_forked).
+ */
+static int python_forked_away;
+
+static void after_fork_child(void) {
+  __atomic_store_n(&python_forked_away, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Called once when ectls is imported. */
+static void ectls_bridge_watch_fork(void) {
+  pthread_atfork(NULL, NULL, after_fork_child);
+}
+
+/* Called by os.fork() in the child, after Python reset its own state. */
+static void ectls_bridge_python_forked(void) {
+  __atomic_store_n(&python_forked_away, 0, __ATOMIC_SEQ_CST);
+}
+
+/*
+ * Write one line to stderr for the first 10 faults, then for the 100th,
+ * 1000th and so on, so a provider failing on every call cannot flood it.
+ */
+static void report(const char *text) {
+  static unsigned long faults;
+  unsigned long count = __atomic_add_fetch(&faults, 1, __ATOMIC_RELAXED);
+  unsigned long power = 100;
+
+  while (power < count && power <= 1000000000ul)
+    power *= 10;
+  if (count <= 10 || count == power)
+    fprintf(stderr, "ectls: error: %s (fault %lu of this kind)\n", text,
+            count);
+}
 
 /* How long exit waits for calls already inside Python, in milliseconds. */
 #define EXIT_WAIT_MS 2000
@@ -62,8 +101,9 @@ static void ectls_bridge_set_exiting(void) {
  */
 static int enter_python(void) {
   __atomic_add_fetch(&python_calls, 1, __ATOMIC_SEQ_CST);
-  if (Py_IsInitialized() && !__atomic_load_n(&python_exiting,
-                                             __ATOMIC_SEQ_CST))
+  if (Py_IsInitialized() &&
+      !__atomic_load_n(&python_exiting, __ATOMIC_SEQ_CST) &&
+      !__atomic_load_n(&python_forked_away, __ATOMIC_SEQ_CST))
     return 1;
   __atomic_sub_fetch(&python_calls, 1, __ATOMIC_SEQ_CST);
   return 0;
@@ -78,9 +118,9 @@ static int ectls_bridge_provider(void *closure, email_message *message) {
   int biased;
 
   if (!enter_python()) {
-    fputs("ectls: error: a Python provider was called while the Python "
-          "interpreter is not running or is exiting; the call yields "
-          "EC_USE_TLS_REQUIRED\n", stderr);
+    report("a Python provider was called while the Python interpreter is "
+           "not running, is exiting, or cannot run in a process forked by C "
+           "code; the call yields EC_USE_TLS_REQUIRED");
     return EC_USE_TLS_REQUIRED;
   }
   owner = message != NULL ? ectls_message_get_userdata(message) : NULL;
@@ -92,9 +132,8 @@ static int ectls_bridge_provider(void *closure, email_message *message) {
   if (biased < 1 || biased > 3) {
     /* 0 is what cffi returns when the Python half could not run at all; the
      * Python half logs every fault it sees itself. */
-    fputs("ectls: error: a Python provider could not run (no Python code "
-          "attached to the bridge); the call yields EC_USE_TLS_REQUIRED\n",
-          stderr);
+    report("a Python provider could not run (no Python code attached to "
+           "the bridge); the call yields EC_USE_TLS_REQUIRED");
     return EC_USE_TLS_REQUIRED;
   }
   return biased - 1;

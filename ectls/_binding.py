@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 from typing import Any, Callable, TypeVar
 
 try:
@@ -52,3 +53,8 @@ def _stop_entering_python() -> None:
 
 lib.ectls_set_log_handler(ffi.addressof(lib, "ectls_bridge_log"), ffi.NULL)
 atexit.register(_stop_entering_python)
+# A child forked by C code cannot run Python providers (they fail
+# closed); one forked by os.fork() can, once Python has reset itself.
+lib.ectls_bridge_watch_fork()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lib.ectls_bridge_python_forked)

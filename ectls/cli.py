@@ -13,6 +13,7 @@ import argparse
 import errno
 import importlib
 import json
+import logging
 import os
 import re
 import ssl
@@ -22,6 +23,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import ectls
 from ectls import config as _config
+from ectls._binding import lib
 from ectls.delivery import (
     DEFAULT_DATA_TIMEOUT,
     DEFAULT_TIMEOUT,
@@ -133,6 +135,10 @@ def _add_provider_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _provider_count() -> int:
+    return int(lib.ectls_count_core_use_outbound_tls_hook())
+
+
 def register_providers(
     providers: Sequence[Tuple[str, str]], allow_writable: bool = False
 ) -> None:
@@ -141,7 +147,14 @@ def register_providers(
         try:
             if kind == "plugin":
                 path, symbol = split_plugin_spec(spec)
+                before = _provider_count()
                 ectls.load_plugin(path, symbol=symbol, allow_writable=allow_writable)
+                if _provider_count() == before:
+                    # Deciding without the policy the user named could
+                    # send mail in clear that the policy would protect.
+                    raise _ProviderLoadError(
+                        f"--plugin {spec}: the plugin loaded but registered no provider"
+                    )
             else:
                 ectls.register_last(_resolve_python_provider(spec))
         except (Error, AttributeError, ValueError, TypeError) as error:
@@ -224,9 +237,11 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
+    # A day bounds what sockets accept and any SMTP timeout worth setting.
+    if not 0 < value <= 86400:
         raise argparse.ArgumentTypeError(
-            f"invalid time {text!r}: expected a number of seconds above 0"
+            f"invalid time {text!r}: expected a number of seconds above 0 "
+            "and at most 86400"
         )
     return value
 
@@ -601,6 +616,13 @@ def _run_decide(args: argparse.Namespace) -> int:
     return status
 
 
+class _RecordFormatter(logging.Formatter):
+    """Format log records like the command's own "ectls: error: ..." lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"ectls: {record.levelname.lower()}: {super().format(record)}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _build_parser()
@@ -613,6 +635,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "config":
         return _run_config(args)
 
+    # Records of the "ectls" logger (faults, warnings from plugins) reach
+    # stderr in the same form as the command's own messages.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RecordFormatter())
+    logging.getLogger("ectls").addHandler(handler)
+    try:
+        return _run_command(args)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130  # 128 + SIGINT, as shells report it
+    finally:
+        logging.getLogger("ectls").removeHandler(handler)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         _check_envelope_options(args)
         register_providers(args.providers or [], args.allow_writable_plugins)

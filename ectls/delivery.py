@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ectls.errors import Error
 from ectls.hooks import UseTLS, explain
@@ -167,6 +167,10 @@ class _Stop(Exception):
         """True when STARTTLS was sent and TLS was not established."""
 
 
+# Longest reply line read, in bytes, as smtplib reads them.
+_MAX_REPLY_LINE = 8192
+
+
 class _DataBeforeHandshakeError(smtplib.SMTPException):
     """The server sent bytes after its 220 reply to STARTTLS and before
     the TLS handshake."""
@@ -205,6 +209,43 @@ class _SMTP(smtplib.SMTP):
                 "TLS handshake"
             )
         return code, text
+
+    # RFC 5321 sets no limit on the lines of one reply; real EHLO replies
+    # have a few dozen, and a server sending lines without end must not
+    # exhaust memory.
+    max_reply_lines = 1000
+
+    def getreply(self) -> Tuple[int, bytes]:
+        """Read one reply like smtplib.SMTP.getreply(), and fail once it
+        runs past max_reply_lines lines."""
+        if self.file is None:
+            if self.sock is None:
+                raise smtplib.SMTPServerDisconnected("not connected")
+            self.file = self.sock.makefile("rb")
+        lines: List[bytes] = []
+        while True:
+            try:
+                line = self.file.readline(_MAX_REPLY_LINE + 1)
+            except OSError as error:
+                self.close()
+                raise smtplib.SMTPServerDisconnected(
+                    f"connection closed while reading a reply: {error}"
+                ) from None
+            if not line:
+                self.close()
+                raise smtplib.SMTPServerDisconnected("connection closed")
+            if len(line) > _MAX_REPLY_LINE or len(lines) >= self.max_reply_lines:
+                self.close()
+                raise smtplib.SMTPResponseException(
+                    500, b"reply line too long, or reply of too many lines"
+                )
+            lines.append(line[4:].strip(b" \t\r\n"))
+            try:
+                code = int(line[:3])
+            except ValueError:
+                return -1, b"\n".join(lines)
+            if line[3:4] != b"-":
+                return code, b"\n".join(lines)
 
     def _has_unread_data(self) -> bool:
         """Return True when a byte is buffered or waiting on the socket.

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import (
     Any,
     Callable,
+    Dict,
     Iterator,
     List,
     Optional,
@@ -97,11 +98,16 @@ _live: set[Registration] = set()
 _live_lock = threading.Lock()
 
 
+# Makes isolated() blocks in different threads take turns.
+_isolated_lock = threading.RLock()
+
+
 def _reset_live_lock() -> None:
     # A child forked while another thread held the lock would wait for
     # it forever; the child has only the forking thread.
-    global _live_lock
+    global _live_lock, _isolated_lock
     _live_lock = threading.Lock()
+    _isolated_lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -198,6 +204,7 @@ def _name_at(closure: Any) -> str:
 def _destroy(closure: Any) -> None:
     # _live keeps the registration alive until here, so the weak lookup finds it.
     registration = _registration_at(closure)
+    _fault_counts.pop(_address(closure), None)
     with _live_lock:
         _live.discard(registration)
 
@@ -219,12 +226,13 @@ def _provider_fault(exc_type: type, exc_value: BaseException, traceback: Any) ->
     # The first frame is the trampoline's, whose closure names the provider.
     closure = traceback.tb_frame.f_locals.get("closure") if traceback else None
     name = _name_at(closure) if closure is not None else "(unknown)"
-    logger.error(
-        "Python provider %s was interrupted by %s; the call yields REQUIRED",
-        name,
-        exc_type.__name__,
-        exc_info=(exc_type, exc_value, traceback),
-    )
+    if closure is None or _fault_due(closure):
+        logger.error(
+            "Python provider %s was interrupted by %s; the call yields REQUIRED",
+            name,
+            exc_type.__name__,
+            exc_info=(exc_type, exc_value, traceback),
+        )
     if closure is not None:
         _record_fault(closure, f"interrupted by {exc_type.__name__}")
     if issubclass(exc_type, KeyboardInterrupt) and _inside_python_call():
@@ -264,6 +272,22 @@ def _describe_value(value: object) -> str:
         return f"<{type(value).__name__} object whose repr() failed>"
 
 
+# Faults per provider (by handle address), for _fault_due().
+_fault_counts: Dict[int, int] = {}
+
+
+def _fault_due(closure: Any) -> int:
+    """Count a fault of this provider; return the count when it is due for
+    a log record (the first 10, then the 100th, 1000th and so on), else 0,
+    so a provider failing on every call cannot flood the log."""
+    address = _address(closure)
+    count = _fault_counts.get(address, 0) + 1
+    _fault_counts[address] = count
+    if count <= 10 or (count >= 100 and str(count).rstrip("0") == "1"):
+        return count
+    return 0
+
+
 def _result_code(closure: Any, result: object) -> int:
     """Map a provider's result to decision plus one, failing closed.
 
@@ -283,20 +307,29 @@ def _result_code(closure: Any, result: object) -> int:
     if type(result) is int and 0 <= result <= 2:
         return result + 1
     description = f"{_describe_value(result)} ({type(result).__name__})"
-    logger.error(
-        "Python provider %s returned %s, which is not a decision "
-        "(UseTLS or 0, 1, 2); the call yields REQUIRED",
-        _name_at(closure),
-        description,
-    )
+    count = _fault_due(closure)
+    if count:
+        logger.error(
+            "Python provider %s returned %s, which is not a decision "
+            "(UseTLS or 0, 1, 2); the call yields REQUIRED "
+            "(fault %d of this provider)",
+            _name_at(closure),
+            description,
+            count,
+        )
     _record_fault(closure, f"returned {description}, which is not a decision")
     return _FAIL_CLOSED
 
 
 def _log_raised(closure: Any) -> int:
-    logger.exception(
-        "Python provider %s raised; the call yields REQUIRED", _name_at(closure)
-    )
+    count = _fault_due(closure)
+    if count:
+        logger.exception(
+            "Python provider %s raised; the call yields REQUIRED "
+            "(fault %d of this provider)",
+            _name_at(closure),
+            count,
+        )
     error = sys.exc_info()[1]
     _record_fault(closure, f"raised {type(error).__name__}: {error}")
     return _FAIL_CLOSED
@@ -427,20 +460,25 @@ def isolated() -> Iterator[None]:
     """Run the block with an empty provider list, then put back the list
     as it was, C providers included.
 
-    Providers registered inside the block are removed on exit; providers
-    removed inside it come back in their old places.
+    Providers registered inside the block are removed on exit, also those
+    that other threads registered meanwhile; providers removed inside it
+    come back in their old places.  Blocks in different threads run one
+    at a time, so the list is meant for one test at a time.
     """
-    saved = lib.ectls_save_core_use_outbound_tls_hook()
-    if saved == _NULL:
-        raise MemoryError("cannot save the provider list: out of memory")
-    try:
-        clear()
-        yield
-    finally:
-        error = lib.ectls_restore_core_use_outbound_tls_hook(saved)
-        lib.ectls_free_saved_core_use_outbound_tls_hook(saved)
-        if error:
-            raise MemoryError("cannot restore the provider list: out of memory")
+    # Blocks in different threads take turns: interleaved, one block's
+    # restore would put back another block's list.
+    with _isolated_lock:
+        saved = lib.ectls_save_core_use_outbound_tls_hook()
+        if saved == _NULL:
+            raise MemoryError("cannot save the provider list: out of memory")
+        try:
+            clear()
+            yield
+        finally:
+            error = lib.ectls_restore_core_use_outbound_tls_hook(saved)
+            lib.ectls_free_saved_core_use_outbound_tls_hook(saved)
+            if error:
+                raise MemoryError("cannot restore the provider list: out of memory")
 
 
 def _not_a_message(value: object) -> Exception:

@@ -313,7 +313,9 @@ def _address_problem(field: str, address: str, encoded: bytes) -> str:
             f"longer than the {lib.ECTLS_ADDRESS_MAXLEN} that SMTP allows"
         )
     return (
-        f"invalid {field} {address!r}: an address must not contain CR, LF, '<' or '>'"
+        f"invalid {field} {address!r}: an address must not contain control "
+        "characters (CR and LF included), '<', '>' or a space in its domain, "
+        "and a recipient must not be empty"
     )
 
 

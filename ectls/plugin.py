@@ -6,7 +6,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from typing import Dict, Literal, Optional, Tuple, Type, Union
+from typing import Dict, List, Literal, Optional, Tuple, Type, Union
 
 from ectls._binding import ffi, lib
 from ectls.errors import (
@@ -93,26 +93,36 @@ def _check_file(path: str, symbol: Optional[str], allow_writable: bool) -> None:
 
 
 def _writable_by_others(path: str, info: os.stat_result) -> Optional[str]:
-    """Describe the first of the plugin and its directories, up to the
-    root, that group or others may write, or return None.
+    """Describe the first of the plugin and the directories on its path
+    that group or others may write, or return None.
 
-    A sticky directory such as /tmp lets others add files but not replace
-    anyone else's, so it passes.
+    Both the path as given and the path with symlinks resolved are
+    checked: a symlink, or a directory passed through with "..", in a
+    directory that others may write could be swapped just as the file
+    could.  A sticky directory such as /tmp lets others add files but
+    not replace anyone else's, so it passes.
     """
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"plugin [{path}] is writable by group or others"
-    directory = os.path.dirname(os.path.realpath(path))
-    while True:
+    # Not os.path.abspath(), which would resolve ".." away.
+    given = os.path.dirname(os.path.join(os.getcwd(), path))
+    for directory in _directories_on(given) + _directories_on(
+        os.path.dirname(os.path.realpath(path))
+    ):
         mode = os.stat(directory).st_mode
         if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
             return (
-                f"directory [{directory}] above plugin [{path}] is writable "
-                "by group or others"
+                f"directory [{directory}] on the path of plugin [{path}] is "
+                "writable by group or others"
             )
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return None
-        directory = parent
+    return None
+
+
+def _directories_on(directory: str) -> List[str]:
+    """Return directory and each directory above it, as written (".."
+    components are kept, not resolved)."""
+    parts = [part for part in directory.split("/") if part]
+    return ["/" + "/".join(parts[:end]) for end in range(len(parts), -1, -1)]
 
 
 def _elf_identity(path: str) -> Optional[Tuple[int, int]]:

@@ -57,9 +57,10 @@ const char *ec_message_get_mailfrom(ec_message *message);
 const char *ec_message_get_rcptto(ec_message *message);
 
 /*
- * Copy the message's routing domain into buf, NUL-terminated and in lower
- * case: the domain set with ectls_message_set_routing_domain() if any,
- * else the domain part of the recipient.  Returns 1 on success.  Returns
+ * Copy the message's routing domain into buf, NUL-terminated, in lower
+ * case and without a trailing dot: the domain set with
+ * ectls_message_set_routing_domain() if any, else the domain part of the
+ * recipient.  Returns 1 on success.  Returns
  * 0, with buf set to "" when len > 0, when there is no domain, when buf is
  * NULL or when the domain does not fit in len bytes (ECTLS_DOMAIN_BUFLEN
  * always suffices).  A domain is never truncated, because a policy that
@@ -111,7 +112,8 @@ void ectls_message_free(ec_message *message);
  * Set the envelope sender or recipient, given bare (without "<>").  The
  * empty string is the null sender; a recipient cannot be empty.  Returns
  * 1, or 0 when message or address is NULL, the address is longer than
- * ECTLS_ADDRESS_MAXLEN bytes, contains CR, LF, '<' or '>', is an empty
+ * ECTLS_ADDRESS_MAXLEN bytes, contains a control character (CR and LF
+ * included), '<' or '>', has a space in its domain, is an empty
  * recipient, or memory runs out; the message is then unchanged.
  */
 int ectls_message_set_mailfrom(ec_message *message, const char *address);
@@ -122,7 +124,8 @@ int ectls_message_set_rcptto(ec_message *message, const char *address);
  * place of the recipient's domain; NULL restores the recipient's domain.
  * Returns 1, or 0 when message is NULL, the domain is empty, longer than
  * ECTLS_DOMAIN_BUFLEN - 3 bytes or contains a character that no domain
- * name has (space, tab, '@', '<', '>', CR, LF), or memory runs out.
+ * name has (space, '@', '<', '>', a control character), or memory runs
+ * out.
  */
 int ectls_message_set_routing_domain(ec_message *message, const char *domain);
 

@@ -74,6 +74,7 @@ struct registration {
   int retiring; /* retired records that list it as removed */
   int saved;    /* saved lists that hold it */
   int mark;     /* scratch for restore */
+  unsigned long faults; /* out-of-range returns, for ectls_log_due() */
 };
 
 /* A copy of the list's order, kept by ectls_save_...(). */
@@ -266,13 +267,16 @@ static const char *describe(const struct registration *registration,
 }
 
 static __attribute__((noinline, cold)) int
-out_of_range(const struct registration *registration, int value) {
+out_of_range(struct registration *registration, int value) {
+  unsigned long count = ectls_log_due(&registration->faults);
   char name[512];
 
-  ectls_log(ECTLS_LOG_ERROR,
-            "provider %s returned %d, which is not a decision (0, 1 or 2); "
-            "the call yields EC_USE_TLS_REQUIRED",
-            describe(registration, name, sizeof name), value);
+  if (count != 0)
+    ectls_log(ECTLS_LOG_ERROR,
+              "provider %s returned %d, which is not a decision (0, 1 or "
+              "2); the call yields EC_USE_TLS_REQUIRED (fault %lu of this "
+              "provider)",
+              describe(registration, name, sizeof name), value, count);
   return EC_USE_TLS_REQUIRED;
 }
 
@@ -527,6 +531,7 @@ ECTLS_HIDDEN int ectls_register_from(
   registration->retiring = 0;
   registration->saved = 0;
   registration->mark = 0;
+  registration->faults = 0;
 
   pthread_mutex_lock(&list_lock);
   old = atomic_load_explicit(&shared.current, memory_order_relaxed);

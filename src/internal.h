@@ -21,6 +21,13 @@ struct ectls_plugin {
   int failed; /* its load failed; kept for calls that still name it */
 };
 
+/*
+ * Count one more fault on *counter; return the count when it is due for a
+ * record (the first 10, then the 100th, 1000th and so on), else 0.  This
+ * keeps a provider that fails on every call from flooding the log.
+ */
+ECTLS_HIDDEN unsigned long ectls_log_due(unsigned long *counter);
+
 /* Format and deliver one record to the current log handler. */
 ECTLS_HIDDEN void ectls_log(int level, const char *format, ...)
     __attribute__((format(printf, 2, 3)));

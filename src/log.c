@@ -69,3 +69,12 @@ ECTLS_HIDDEN void ectls_log(int level, const char *format, ...) {
   else
     fprintf(stderr, "ectls: %s: %s\n", level_name(level), text);
 }
+
+ECTLS_HIDDEN unsigned long ectls_log_due(unsigned long *counter) {
+  unsigned long count = __atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
+  unsigned long power = 100;
+
+  while (power < count && power <= 1000000000ul)
+    power *= 10;
+  return count <= 10 || count == power ? count : 0;
+}

@@ -79,17 +79,37 @@ ECTLS_EXPORT void ectls_message_free(ec_message *message) {
 
 /* ---- Envelope ------------------------------------------------------- */
 
+/* Returns 1 when text has an ASCII control character (CR and LF too). */
+static int has_control(const char *text) {
+  for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+    if (*p < 0x20 || *p == 0x7f)
+      return 1;
+  return 0;
+}
+
+/*
+ * Returns 1 for an address ectls can store: no controls, no angle
+ * brackets, and no space after the last '@', because a domain has none
+ * and a policy that compares domains would be misled by one.
+ */
+static int valid_address(const char *address) {
+  const char *at = strrchr(address, '@');
+
+  if (strlen(address) > ECTLS_ADDRESS_MAXLEN || has_control(address) ||
+      strpbrk(address, "<>") != NULL)
+    return 0;
+  return at == NULL || strchr(at, ' ') == NULL;
+}
+
 /* Build "prefix address >\r\n", or return NULL for an invalid address. */
 static char *decorate(const char *prefix, size_t prefix_length,
                       const char *address) {
   size_t length;
   char *line;
 
-  if (address == NULL)
+  if (address == NULL || !valid_address(address))
     return NULL;
   length = strlen(address);
-  if (length > ECTLS_ADDRESS_MAXLEN || strpbrk(address, "\r\n<>") != NULL)
-    return NULL;
   line = malloc(prefix_length + length + sizeof address_suffix);
   if (line != NULL) {
     memcpy(line, prefix, prefix_length);
@@ -155,7 +175,7 @@ ECTLS_EXPORT int ectls_message_set_routing_domain(ec_message *message,
     return 1;
   }
   if (domain[0] == '\0' || strlen(domain) > ECTLS_DOMAIN_BUFLEN - 3 ||
-      strpbrk(domain, " \t@<>\r\n") != NULL)
+      has_control(domain) || strpbrk(domain, " @<>") != NULL)
     return 0;
   copy = copy_string(domain);
   if (copy == NULL)
@@ -202,6 +222,10 @@ ECTLS_EXPORT int ec_message_get_routing_domain(ec_message *message, char *buf,
   } else {
     domain = recipient_domain(message, &length);
   }
+  /* "example.org." and "example.org" are one domain; policies compare
+   * the second form. */
+  if (domain != NULL && length > 1 && domain[length - 1] == '.')
+    length--;
   if (domain == NULL || length >= (size_t)len)
     return 0;
   for (size_t i = 0; i < length; i++) {

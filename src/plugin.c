@@ -135,6 +135,14 @@ static void *own_symbol(void *handle, const char *name, char *reason,
              info.dli_fname != NULL ? info.dli_fname : "another object");
     return NULL;
   }
+  /* Calling a variable (stdout, environ) as a provider would crash. */
+  const ElfW(Sym) *entry = NULL;
+  if (dladdr1(address, &info, (void **)&entry, RTLD_DL_SYMENT) != 0 &&
+      entry != NULL && ELF64_ST_TYPE(entry->st_info) != STT_FUNC &&
+      ELF64_ST_TYPE(entry->st_info) != STT_GNU_IFUNC) {
+    snprintf(reason, length, "it is not a function");
+    return NULL;
+  }
   return address;
 }
 
@@ -197,11 +205,33 @@ ECTLS_EXPORT int ectls_load_plugin(const char *path, const char *symbol,
                 "plugin [%s]: give a provider symbol or an init function, "
                 "not both", path);
 
+  /*
+   * The record exists before dlopen() because a plugin's constructors run
+   * inside dlopen() and may register providers: tagging them with the
+   * record lets a failed load remove them too.  It stays unclaimed
+   * (failed) until the entry point is known and not loaded already.
+   */
+  plugin = calloc(1, sizeof *plugin);
+  if (plugin == NULL || (plugin->path = strdup(path)) == NULL) {
+    free(plugin);
+    return fail(errbuf, errlen, ECTLS_PLUGIN_ERR_NOMEM,
+                "plugin [%s]: out of memory", path);
+  }
+  plugin->failed = 1;
+  pthread_mutex_lock(&plugin_lock);
+  plugin->next = plugins;
+  plugins = plugin;
+  pthread_mutex_unlock(&plugin_lock);
+
   export_own_symbols();
+  const struct ectls_plugin *outer = loading;
+  loading = plugin;
   handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+  loading = outer;
   if (handle == NULL) {
     const char *error = dlerror();
     const char *name = symbol != NULL ? symbol : init;
+    ectls_unregister_plugin(plugin);
     return fail(errbuf, errlen, ECTLS_PLUGIN_ERR_OPEN,
                 "unable to open shared library [%s]%s%s%s: %s", path,
                 name != NULL ? " for [" : "", name != NULL ? name : "",
@@ -210,20 +240,13 @@ ECTLS_EXPORT int ectls_load_plugin(const char *path, const char *symbol,
   }
   entry = choose_entry(handle, path, symbol, init, &address, &is_init,
                        errbuf, errlen);
-  if (entry == NULL)
+  if (entry == NULL) {
+    ectls_unregister_plugin(plugin);
     return ECTLS_PLUGIN_ERR_SYMBOL;
-
-  plugin = calloc(1, sizeof *plugin);
-  if (plugin != NULL) {
-    plugin->path = strdup(path);
-    plugin->entry = strdup(entry);
   }
-  if (plugin == NULL || plugin->path == NULL || plugin->entry == NULL) {
-    if (plugin != NULL) {
-      free(plugin->path);
-      free(plugin->entry);
-      free(plugin);
-    }
+  plugin->entry = strdup(entry);
+  if (plugin->entry == NULL) {
+    ectls_unregister_plugin(plugin);
     return fail(errbuf, errlen, ECTLS_PLUGIN_ERR_NOMEM,
                 "plugin [%s]: out of memory", path);
   }
@@ -235,15 +258,12 @@ ECTLS_EXPORT int ectls_load_plugin(const char *path, const char *symbol,
   pthread_mutex_lock(&plugin_lock);
   if (find_plugin(handle, entry) != NULL) {
     pthread_mutex_unlock(&plugin_lock);
-    free(plugin->path);
-    free(plugin->entry);
-    free(plugin);
+    ectls_unregister_plugin(plugin);
     return fail(errbuf, errlen, ECTLS_PLUGIN_ERR_LOADED,
                 "plugin [%s] is already loaded with entry point [%s]", path,
                 entry);
   }
-  plugin->next = plugins;
-  plugins = plugin;
+  plugin->failed = 0;
   pthread_mutex_unlock(&plugin_lock);
 
   if (!is_init) {
@@ -259,7 +279,6 @@ ECTLS_EXPORT int ectls_load_plugin(const char *path, const char *symbol,
 
   int (*init_function)(void);
   memcpy(&init_function, &address, sizeof init_function);
-  const struct ectls_plugin *outer = loading;
   loading = plugin;
   rc = init_function();
   loading = outer;

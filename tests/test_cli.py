@@ -301,3 +301,14 @@ def test_decide_reports_provider_fault(tmp_path):
     assert item["decision"] == "REQUIRED"
     assert "not a decision" in item["providers"][0]["fault"]
     assert any("not a decision" in warning for warning in item["warnings"])
+
+
+def test_decide_plugin_without_provider_exit_78(compile_plugin, tmp_path):
+    idle = compile_plugin("int ectls_plugin_init(void) { return 0; }\n", "idle")
+    result = run_cli(
+        "decide", "--plugin", str(idle), str(MESSAGES / "plain.eml"), cwd=tmp_path
+    )
+    assert result.returncode == 78
+    assert "registered no provider" in result.stderr
+    assert result.stdout == ""
+    assert "ectls: warning: init function" in result.stderr

@@ -1009,3 +1009,17 @@ def test_deliver_rejects_bad_arguments(arguments, match):
     options = {"port": 2525, **arguments}
     with pytest.raises(ValueError, match=match):
         deliver(message, "127.0.0.1", **options)
+
+
+def test_endless_ehlo_reply_bounded(start_scripted, tls_context):
+    lines = b"".join(b"250-CAPABILITY-%d\r\n" % number for number in range(5000))
+    server = start_scripted(
+        Script(tls_context=tls_context, ehlo_reply=lines + b"250 OK\r\n")
+    )
+
+    result = send(server.port)
+
+    assert result.status is not DeliveryStatus.DELIVERED
+    [connection] = server.finished_connections()
+    assert "MAIL" not in connection.verbs()
+    assert connection.messages == []

@@ -717,7 +717,7 @@ def test_exit_with_c_thread_and_atexit_caller(compile_plugin, how, provider):
     assert no == 0, context
     assert other == 0, context
     assert ifavailable >= 200, context
-    assert "Python interpreter is not running or is exiting" in result.stderr
+    assert "Python interpreter is not running, is exiting" in result.stderr
 
 
 # ---- Fork ---------------------------------------------------------------------
@@ -814,3 +814,41 @@ def test_fork_during_churn_child_can_use_list(compile_plugin):
     # a child that blocked (its stack is on stderr), 2 a child slower than
     # a second, and "hung" one that did not even exit through faulthandler.
     assert "child results [(0, 150)]" in result.stdout, context
+
+
+FORK_FROM_C = r"""
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <hooks/core/use_outbound_tls.h>
+
+int ectls_plugin_init(void) { return 0; }
+
+/* fork() from C and call the list in the child; returns the child's
+ * decision, or -1 when it did not exit within 5 s. */
+int fork_and_call(void)
+{
+    int status;
+    pid_t child = fork();
+
+    if (child == 0) {
+        alarm(5);
+        _exit(call_core_use_outbound_tls_hook(NULL));
+    }
+    if (child < 0 || waitpid(child, &status, 0) != child || !WIFEXITED(status))
+        return -1;
+    return WEXITSTATUS(status);
+}
+"""
+
+
+def test_python_provider_in_c_forked_child_fails_closed(compile_plugin):
+    """A child that C code forked cannot enter Python (another thread may
+    have held the GIL), so its Python providers fail closed at once."""
+    path = compile_plugin(FORK_FROM_C, "fork_from_c")
+    ectls.load_plugin(path)
+    library = ctypes.CDLL(str(path))
+    ectls.register_last(lambda m: UseTLS.IFAVAILABLE)
+
+    assert library.fork_and_call() == int(UseTLS.REQUIRED)
+    assert ectls.call(None) is UseTLS.IFAVAILABLE

@@ -133,3 +133,26 @@ def test_fixture_isolates_other_project(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_isolated_blocks_in_threads_take_turns():
+    import threading
+
+    ectls.register_last(lambda m: UseTLS.REQUIRED)
+    inside: list = []
+
+    def worker() -> None:
+        for _ in range(50):
+            with ectls.isolated():
+                ectls.register_last(lambda m: UseTLS.IFAVAILABLE)
+                inside.append(ectls.call(None))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert inside == [UseTLS.IFAVAILABLE] * 200
+    assert provider_count() == 1
+    assert ectls.call(None) is UseTLS.REQUIRED

@@ -285,3 +285,22 @@ def test_from_bytes_bare_return_path_accepted():
 def test_from_bytes_rejects_str():
     with pytest.raises(TypeError, match="from_file"):
         Message.from_bytes("To: a@b\r\n\r\n")  # type: ignore[arg-type]
+
+
+def test_routing_domain_trailing_dot_dropped():
+    assert Message(rcptto="f@Payroll.Example.").routing_domain == "payroll.example"
+    message = Message(rcptto="a@b.example", routing_domain="relay.example.")
+    assert message.routing_domain == "relay.example"
+
+
+@pytest.mark.parametrize(
+    "address", ["u@bank example", "u@payroll.example ", "a\x01@b.example"]
+)
+def test_address_with_space_in_domain_or_control_rejected(address):
+    with pytest.raises(MessageError):
+        Message(rcptto=address)
+
+
+def test_routing_domain_control_character_rejected():
+    with pytest.raises(MessageError):
+        Message(routing_domain="b\x01nk.example")

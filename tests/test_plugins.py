@@ -368,3 +368,55 @@ def test_writable_ancestor_directory_refused(compile_plugin, tmp_path, sentinel)
     with pytest.raises(ectls.PluginPermissionError) as raised:
         ectls.load_plugin(moved)
     assert f"directory [{shared}]" in str(raised.value)
+
+
+def test_symlink_in_writable_directory_refused(compile_plugin, tmp_path, sentinel):
+    path = compile_plugin(PROVIDERS, "providers")
+    links = tmp_path / "links"
+    links.mkdir()
+    link = links / "provider.so"
+    link.symlink_to(path)
+    os.chmod(links, 0o777)
+    with pytest.raises(ectls.PluginPermissionError, match="links"):
+        ectls.load_plugin(link)
+
+
+def test_dotdot_through_writable_directory_refused(compile_plugin, tmp_path, sentinel):
+    path = compile_plugin(PROVIDERS, "providers")
+    (tmp_path / "open" / "sub").mkdir(parents=True)
+    os.chmod(tmp_path / "open", 0o777)
+    through = tmp_path / "open" / "sub" / ".." / ".." / path.name
+    with pytest.raises(ectls.PluginPermissionError, match="open"):
+        ectls.load_plugin(str(through))
+
+
+@pytest.mark.parametrize("symbol", ["stdout", "environ"])
+def test_data_symbol_rejected(compile_plugin, symbol, sentinel):
+    source = PROVIDERS + (
+        "\n#include <stdio.h>\n"
+        "extern char **environ;\n"
+        "void *touch(void) { return stdout == NULL ? (void *)environ : NULL; }\n"
+        f"void *{symbol}_here = 0;\n"
+    )
+    path = compile_plugin(source, "data_symbols")
+    with pytest.raises(ectls.PluginSymbolError) as raised:
+        ectls.load_plugin(path, symbol=f"{symbol}_here")
+    assert "not a function" in str(raised.value)
+
+
+def test_constructor_providers_removed_on_failed_init(compile_plugin, sentinel):
+    source = r"""
+#include <hooks/core/use_outbound_tls.h>
+
+static int early(void *closure, email_message *message)
+{ (void)closure; (void)message; return EC_USE_TLS_IFAVAILABLE; }
+
+__attribute__((constructor)) static void at_load(void)
+{ register_core_use_outbound_tls_hook_first(early, NULL); }
+
+int ectls_plugin_init(void) { return 1; }
+"""
+    path = compile_plugin(source, "constructor")
+    with pytest.raises(ectls.PluginInitError, match="removed the 1 provider"):
+        ectls.load_plugin(path)
+    assert ectls.call(None) is UseTLS.NO

@@ -83,6 +83,7 @@
 #define PROBE_WRITER_WAIT_SECONDS 0.2
 #define PROBE_CALLS_WAIT_SECONDS 2.0
 #define PROBE_MIN_CALLS 1000
+#define PROBE_ATTACH_WAIT_SECONDS 10.0
 
 enum node_kind { NODE_ANCHOR, NODE_FRONT, NODE_BACK, NODE_TERMINAL };
 
@@ -657,17 +658,26 @@ __attribute__((constructor(101))) static void install_probe(void) {
 }
 
 static void run_lock_probe(void) {
-  double deadline = seconds_now() + PROBE_CALLS_WAIT_SECONDS;
+  /* Generous: on a loaded machine a new caller thread may take a while
+   * to make its first call. */
+  double deadline = seconds_now() + PROBE_ATTACH_WAIT_SECONDS;
   pthread_t writer;
   pid_t child;
   int status;
 
   /* Every caller must hold its reader record, because a thread's first
-   * call takes the list lock once and would wait for the fork. */
+   * call takes the registry lock once, which the fork holds. */
   atomic_store(&keep_callers, 1);
-  for (int i = 0; i < CALLER_SLOTS; i++)
+  for (int i = 0; i < CALLER_SLOTS; i++) {
     while (!atomic_load(&caller_slots[i].attached) && seconds_now() < deadline)
       sleep_seconds(0.001);
+    if (!atomic_load(&caller_slots[i].attached)) {
+      fail("lock probe: caller %d made no first call within %.0f s", i,
+           PROBE_ATTACH_WAIT_SECONDS);
+      atomic_store(&keep_callers, 0);
+      return;
+    }
+  }
   if (pthread_create(&writer, NULL, probe_writer_main, NULL) != 0) {
     fail("lock probe: could not start its writer thread");
     atomic_store(&keep_callers, 0);

@@ -270,6 +270,7 @@ ECTLS_EXPORT int ectls_load_plugin(const char *path, const char *symbol,
     rc = ectls_register_from(as_hook(address), NULL, first, NULL, plugin,
                              plugin->entry);
     if (rc != 0) {
+      ectls_unregister_plugin(plugin);
       forget_plugin(plugin);
       return fail(errbuf, errlen, ECTLS_PLUGIN_ERR_NOMEM,
                   "plugin [%s]: out of memory registering [%s]", path, entry);

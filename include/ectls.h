@@ -153,9 +153,11 @@ enum ectls_plugin_status {
  * resolves register_..._first and the rest from the process.  A plugin is
  * never unloaded.  Loading the same file (also through another path or a
  * symlink) with the same entry point again fails with
- * ECTLS_PLUGIN_ERR_LOADED and registers nothing.  When the init function
- * fails, the providers it registered are removed again, so a failed load
- * leaves the list as it was.
+ * ECTLS_PLUGIN_ERR_LOADED and registers nothing.  When a load fails, the
+ * providers that the plugin's constructors or init function registered
+ * are removed again, so a failed load leaves the list as it was.  The
+ * symbol must be a function defined in the plugin itself, not a variable
+ * and not a symbol of a library the plugin uses.
  *
  * Returns ECTLS_PLUGIN_OK or an error code; on error, errbuf (when not
  * NULL) receives a NUL-terminated message naming the path, the symbol and

@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
 
@@ -42,6 +43,8 @@ from smtp_servers import (  # noqa: E402
     ScriptedServer,
     server_tls_context,
 )
+
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 MESSAGES = TESTS.parent / "examples" / "messages"
 MARKER = b"MARKER-only-in-the-body"
@@ -1023,3 +1026,69 @@ def test_endless_ehlo_reply_bounded(start_scripted, tls_context):
     [connection] = server.finished_connections()
     assert "MAIL" not in connection.verbs()
     assert connection.messages == []
+
+
+def test_readme_aiosmtpd_example(tmp_path):
+    """The README's delivery example: aiosmtpd started from the command
+    line on loopback, then ectls send on the example messages."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "aiosmtpd did not start"
+                time.sleep(0.1)
+        policy = tmp_path / "domain_policy.so"
+        subprocess.run(
+            [
+                "cc",
+                "-std=c99",
+                "-fPIC",
+                "-shared",
+                f"-I{ectls.get_include()}",
+                str(REPOSITORY / "examples" / "domain_policy.c"),
+                "-o",
+                str(policy),
+            ],
+            check=True,
+        )
+        messages = REPOSITORY / "examples" / "messages"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ectls",
+                "send",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--plugin",
+                str(policy),
+                str(messages / "plain.eml"),
+                str(messages / "multipart_non_ascii.eml"),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.terminate()
+        received, _ = server.communicate(timeout=20)
+
+    lines = result.stdout.splitlines()
+    assert result.returncode == 75, result.stderr
+    assert "plain.eml: delivered" in lines[0]
+    assert "multipart_non_ascii.eml: deferred" in lines[1]
+    assert b"Your statement for November is ready." in received
+    assert b"Die Abrechnung" not in received

@@ -454,11 +454,10 @@ def _run_send(args: argparse.Namespace) -> int:
                 f"{error.strerror or error}"
             )
             return EX_NOINPUT
-    statuses = {_send_one(path, args.server, args) for path in args.files}
-    for status in _EXIT_PRECEDENCE:
-        if status in statuses:
-            return status
-    return EX_OK
+    status = EX_OK
+    for path in args.files:
+        status = _worse(status, _send_one(path, args.server, args))
+    return status
 
 
 # ---- config -------------------------------------------------------------

@@ -36,9 +36,10 @@ static int python_calls;
 
 /*
  * Set in a child that C code forked (fork() outside os.fork()): the
- * child has one thread, but Python's state still says some other thread
- * may hold the GIL, so entering Python would wait forever.  os.fork()
- * resets Python's state and then this flag (ectls_bridge_python_forked).
+ * child has one thread, but Python's state may still record another
+ * thread as the GIL's holder, so entering Python would wait forever.
+ * os.fork() resets Python's state and then this flag
+ * (ectls_bridge_python_forked).
  */
 static int python_forked_away;
 
@@ -95,7 +96,7 @@ static void ectls_bridge_set_exiting(void) {
  * Count a call into Python and return 1 when Python code can run: the
  * interpreter is initialised and ectls' atexit handler has not run.  On 0
  * the call is not counted.  Counting before testing the flag means
- * ectls_bridge_set_exiting() either sees this call or this call sees the
+ * ectls_bridge_set_exiting() either counts this call or this call reads the
  * flag.  (The limited C API that the module is built against has no test
  * for finalization itself.)
  */
@@ -131,7 +132,7 @@ static int ectls_bridge_provider(void *closure, email_message *message) {
   leave_python();
   if (biased < 1 || biased > 3) {
     /* 0 is what cffi returns when the Python half could not run at all; the
-     * Python half logs every fault it sees itself. */
+     * Python half logs every fault it detects itself. */
     report("a Python provider could not run (no Python code attached to "
            "the bridge); the call yields EC_USE_TLS_REQUIRED");
     return EC_USE_TLS_REQUIRED;

@@ -5,7 +5,7 @@ run over include/ectls.h, which pulls in the Momentum headers.  cffi reads
 plain declarations, and the preprocessor removes what it cannot parse
 (include guards, extern "C" blocks, comments), so the binding always
 matches include/.  System headers are shadowed by empty files during
-that run, because cffi knows their types already and cannot parse their
+that run, because cffi defines their types already and cannot parse their
 compiler extensions.  Enum values come through as written in include/,
 and cffi checks them against the compiler when it builds the module.
 The bridge's own declarations follow from bridge.cdef.

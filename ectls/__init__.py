@@ -2,7 +2,7 @@
 
 Providers registered here, providers in C plugins and providers that C
 code registers in the same process sit in one list, kept in libectls.
-A call runs them in order and the first non-NO answer decides::
+A call runs them in order and the first result other than NO decides::
 
     import ectls
 
@@ -90,6 +90,6 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def get_include() -> str:
-    """Return the directory that holds ectls.h, ec_message.h and
+    """Return the directory that contains ectls.h, ec_message.h and
     hooks/core/use_outbound_tls.h, for ``cc -I``."""
     return str(_PACKAGE_DIR / "include")

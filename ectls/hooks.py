@@ -518,7 +518,7 @@ class Step:
     decision: UseTLS
     """The decision the call rule made of the returned value."""
     fault: Optional[str] = None
-    """Why a Python provider failed closed (it raised, or returned no
+    """Reason a Python provider failed closed (it raised, or returned no
     decision), else None."""
 
 

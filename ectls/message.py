@@ -91,7 +91,7 @@ class _Context(MutableMapping[str, str]):
 
 
 class Message:
-    """An SMTP message as the use_outbound_tls hook sees it.
+    """An SMTP message as the use_outbound_tls hook receives it.
 
     A Message owns a C ``ec_message``: the envelope (one sender, one
     recipient, as Momentum hands a provider one recipient at a time), an

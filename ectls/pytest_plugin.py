@@ -1,8 +1,8 @@
 """pytest plugin: the ``ectls_isolated`` fixture.
 
 Installed with ectls (entry point ``pytest11``), so any project's tests
-can use it without a conftest.  ectls is imported only when a test asks
-for the fixture.
+can use it without a conftest.  ectls is imported only when a test requests
+the fixture.
 """
 
 from __future__ import annotations

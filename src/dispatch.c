@@ -25,8 +25,8 @@
  *      every record reads 0 or >= E.
  *
  * Step 3's barrier is what lets a call order its epoch store before its
- * list load with a compiler barrier alone: either the writer sees the
- * store, or the call's load comes after the barrier and sees the new
+ * list load with a compiler barrier alone: either the writer reads the
+ * store, or the call's load comes after the barrier and loads the new
  * version.  Where membarrier is unavailable, calls use a real fence.
  * Writers never wait for calls, so a provider may register, unregister
  * or call the list itself.
@@ -68,7 +68,7 @@ struct registration {
   /*
    * Under list_lock.  A registration is destroyed once it is out of the
    * list, no retired version that still awaits reclamation dropped it,
-   * and no saved list holds it.
+   * and no saved list contains it.
    */
   int in_list;
   int retiring; /* retired records that list it as removed */
